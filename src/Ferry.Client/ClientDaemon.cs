@@ -1,0 +1,334 @@
+using System.Net.Http.Json;
+using Ferry.Core.Api;
+using Ferry.Core.ControlPlane;
+using Ferry.Client.Access;
+using Ferry.Paths;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Ferry.Client;
+
+/// <summary>Sign-in was refused: wrong password, unknown key. Retrying will not help.</summary>
+public sealed class SignInRefusedException(string message) : Exception(message);
+
+/// <summary>What the running client reports on its control socket.</summary>
+public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo);
+
+/// <summary>The client process: signs in, holds a controller session for its device certificate and grants, and answers local questions.</summary>
+public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
+{
+    private readonly ILogger _logger = loggers.CreateLogger<ClientDaemon>();
+    private volatile ResourceGrant[] _resources = [];
+    private ControllerSessionClient? _session;
+    private volatile bool _connected;
+    private volatile RelayInfo[] _relays = [];
+    private volatile DataPlaneEndpoint? _dataPlane;
+
+    /// <summary>Opens flows to connectors; the local access servers (SOCKS5, HTTP CONNECT, forwards) use it.</summary>
+    public QuicFlowOpener? Opener { get; private set; }
+
+    /// <summary>Which resource a destination belongs to, updated with every grant change.</summary>
+    public ClientRoutes Routes { get; } = new();
+    private volatile StunReportMessage? _stun;
+
+    public ResourceGrant[] Resources => _resources;
+
+    public async Task RunAsync(CancellationToken ct)
+    {
+        await using var control = await StartControlSocketAsync(ct);
+        Routes.SplitTunnel = options.SplitTunnel;
+        try
+        {
+            await StartListenersAsync(ct);
+            await RunSessionsAsync(ct);
+        }
+        finally
+        {
+            foreach (var listener in _listeners)
+            {
+                await listener.DisposeAsync();
+            }
+            if (Opener is not null)
+            {
+                await Opener.DisposeAsync();
+            }
+            if (_dataPlane is not null)
+            {
+                await _dataPlane.DisposeAsync();
+            }
+        }
+    }
+
+    private async Task RunSessionsAsync(CancellationToken ct)
+    {
+        using var http = new HttpClient(options.Trust.CreateHandler()) { BaseAddress = options.Controller, Timeout = TimeSpan.FromSeconds(15) };
+        var backoff = TimeSpan.FromSeconds(1);
+        ClientLoginResult? login = null;
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                login ??= await SignInAsync(http, ct);
+            }
+            catch (HttpRequestException e)
+            {
+                Log.SessionEnded(_logger, "unreachable", $"cannot reach the controller at {options.Controller}: {e.Message}", backoff);
+                await DelayAsync(backoff, ct);
+                backoff = Next(backoff);
+                continue;
+            }
+            SetResources(login.Resources);
+            _session = new ControllerSessionClient(options.Controller, options.Trust, TimeProvider.System);
+            var session = _session;
+            if (Opener is not null)
+            {
+                // A new sign-in means a new device identity: connections made as the old one are closed, not leaked.
+                await Opener.DisposeAsync();
+            }
+            Opener = new QuicFlowOpener(session, () => _dataPlane, _logger);
+            _session.OnWelcome = (_, _, _) =>
+            {
+                _connected = true;
+                backoff = TimeSpan.FromSeconds(1);
+                return Task.CompletedTask;
+            };
+            _session.OnMessage = (message, _, _) =>
+            {
+                switch (message)
+                {
+                    case ResourcesMessage resources:
+                        SetResources(resources.Resources);
+                        Opener?.UpdateConnectors(resources.Connectors ?? []);
+                        break;
+                    case CertificateIssuedMessage issued when _dataPlane is null:
+                        // The data plane needs the device certificate: it starts with the first one.
+                        _dataPlane = DataPlaneEndpoint.Create(new System.Net.IPEndPoint(System.Net.IPAddress.Any, 0), session.Certificate!,
+                            System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(issued.CaPem), acceptConnections: false, _logger);
+                        ApplyRelays(ct);
+                        break;
+                    case CertificateIssuedMessage when _dataPlane is { } renewed:
+                        _ = renewed.UpdateCertificateAsync(session.Certificate!, _relays, ct);
+                        break;
+                    case RelaysMessage { Relays.Length: > 0 } relays:
+                        _relays = relays.Relays;
+                        ApplyRelays(ct);
+                        break;
+                }
+                return Task.CompletedTask;
+            };
+            var outcome = await _session.RunAsync(login.DeviceToken, ct);
+            _connected = false;
+            if (outcome.Refused)
+            {
+                Log.Refused(_logger, outcome.Code, outcome.Reason);
+                if (outcome.Code is "unknown-token" or "token-expired")
+                {
+                    // The device was removed or its session ran out: sign in again.
+                    login = null;
+                }
+            }
+            else
+            {
+                Log.SessionEnded(_logger, outcome.Code, outcome.Reason, backoff);
+            }
+            await DelayAsync(backoff, ct);
+            backoff = Next(backoff);
+        }
+    }
+
+    private readonly List<LoopbackProxy> _listeners = [];
+
+    /// <summary>The loopback entry points applications use: SOCKS5, HTTP CONNECT and port forwards, all opening flows through the current session.</summary>
+    private async Task StartListenersAsync(CancellationToken ct)
+    {
+        var opener = new CurrentSessionOpener(this);
+        if (options.SocksPort is { } socks)
+        {
+            _listeners.Add(new Socks5Server(Routes, opener, new LoopbackProxyOptions { Port = socks }, loggers.CreateLogger<Socks5Server>()));
+        }
+        if (options.HttpProxyPort is { } http)
+        {
+            _listeners.Add(new HttpConnectProxy(Routes, opener, new LoopbackProxyOptions { Port = http }, loggers.CreateLogger<HttpConnectProxy>()));
+        }
+        foreach (var forward in options.Forwards)
+        {
+            _listeners.Add(new PortForward(forward.Host, forward.Port, Routes, opener, new LoopbackProxyOptions { Port = forward.LocalPort }, loggers.CreateLogger<PortForward>()));
+        }
+        foreach (var listener in _listeners)
+        {
+            try
+            {
+                await listener.StartAsync(ct);
+            }
+            catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
+            {
+                throw new InvalidOperationException($"cannot start the {listener.Kind} listener: its loopback port is in use by another program; choose another with --socks, --http-proxy or --forward (0 picks a free port)", e);
+            }
+            Log.Listening(_logger, listener.Kind, listener.LocalEndPoint.ToString());
+        }
+    }
+
+    /// <summary>Hands flows to whichever session is current; before the first sign-in completes, flows are refused with the reason.</summary>
+    private sealed class CurrentSessionOpener(ClientDaemon daemon) : IFlowOpener
+    {
+        public Task<OpenedFlow> OpenAsync(ResourceGrant resource, Ferry.Core.Flows.FlowHeader header, CancellationToken cancellationToken)
+            => daemon.Opener is { } opener
+                ? opener.OpenAsync(resource, header, cancellationToken)
+                : Task.FromResult(OpenedFlow.Refused(Ferry.Core.Flows.FlowStatus.Unreachable, "the client is not signed in to the controller yet"));
+    }
+
+    /// <summary>Connects to the relays and runs STUN from the data-plane socket.</summary>
+    private void ApplyRelays(CancellationToken ct)
+    {
+        if (_dataPlane is not { } plane || _relays.Length == 0)
+        {
+            return;
+        }
+        var relays = _relays;
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await plane.UpdateRelaysAsync(relays, ct);
+                _stun = await plane.DiscoverAsync(relays, ct);
+                Log.StunResult(_logger, _stun.Status, _stun.MappedAddress ?? "-", _stun.Error ?? "");
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or Ferry.Relay.RelayException)
+            {
+                // Superseded or shutting down.
+            }
+        }, CancellationToken.None);
+    }
+
+    private async Task<ClientLoginResult> SignInAsync(HttpClient http, CancellationToken ct)
+    {
+        var request = new ClientLoginRequest(options.User, options.Password, options.ServiceAccountKey, options.DeviceName, null);
+        using var response = await http.PostAsJsonAsync("/v1/client/login", request, ct);
+        if (!response.IsSuccessStatusCode)
+        {
+            var problem = await ApiProblem.ReadAsync(response, ct);
+            throw new SignInRefusedException($"sign-in refused: {problem.Detail}");
+        }
+        var login = await response.Content.ReadFromJsonAsync<ClientLoginResult>(ct) ?? throw new InvalidDataException("empty sign-in answer");
+        Log.SignedIn(_logger, options.User ?? "service account", login.Identity);
+        return login;
+    }
+
+    private void SetResources(ResourceGrant[] resources)
+    {
+        _resources = resources;
+        Routes.Update(resources);
+        Log.ResourcesChanged(_logger, resources.Length, string.Join(", ", resources.Select(r => r.Name)));
+    }
+
+    public ClientStatus Status() => new(
+        options.Controller.ToString(),
+        _session?.Identity,
+        _connected,
+        _session?.TimeOffsetMs,
+        _session?.Certificate?.Subject,
+        _session?.Certificate?.Issuer,
+        _session?.Certificate?.NotAfter.ToUniversalTime(),
+        _resources,
+        _relays,
+        _stun,
+        [.. _listeners.Select(l => $"{l.Kind} {l.LocalEndPoint}")],
+        [.. Opener?.ConnectedTo ?? []]);
+
+    /// <summary>Serves GET /status and /resources on a Unix socket only the owner can open.</summary>
+    private async Task<WebApplication> StartControlSocketAsync(CancellationToken ct)
+    {
+        Directory.CreateDirectory(options.StateDirectory);
+        var socketPath = ClientControl.SocketPath(options.StateDirectory);
+        if (File.Exists(socketPath))
+        {
+            if (await ClientControl.IsAliveAsync(options.StateDirectory, ct))
+            {
+                throw new InvalidOperationException($"another client is running with state folder '{options.StateDirectory}'; stop it or use another --state");
+            }
+            File.Delete(socketPath);
+        }
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        // The embedded host must not take SIGTERM/SIGINT for itself: the daemon's cancellation stops everything, this host included.
+        builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, EmbeddedHostLifetime>();
+        builder.WebHost.ConfigureKestrel(k => k.ListenUnixSocket(socketPath));
+        var app = builder.Build();
+        app.MapGet("/status", () => Results.Ok(Status()));
+        app.MapGet("/resources", () => Results.Ok(_resources));
+        await app.StartAsync(ct);
+        if (!OperatingSystem.IsWindows())
+        {
+            File.SetUnixFileMode(socketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        }
+        Log.ControlSocket(_logger, socketPath);
+        return app;
+    }
+
+    private static async Task DelayAsync(TimeSpan delay, CancellationToken ct)
+    {
+        try
+        {
+            await Task.Delay(delay, ct);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    private static TimeSpan Next(TimeSpan backoff) => TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, TimeSpan.FromSeconds(30).Ticks));
+}
+
+/// <summary>A host lifetime that leaves process signals to the command line, for web hosts embedded in a daemon.</summary>
+internal sealed class EmbeddedHostLifetime : Microsoft.Extensions.Hosting.IHostLifetime
+{
+    public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+}
+
+/// <summary>Talks to a running client over its control socket.</summary>
+public static class ClientControl
+{
+    public static string SocketPath(string stateDirectory) => Path.Combine(Path.GetFullPath(stateDirectory), "client.sock");
+
+    public static HttpClient Connect(string stateDirectory)
+    {
+        var path = SocketPath(stateDirectory);
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, token) =>
+            {
+                var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(path), token);
+                    return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            },
+        };
+        return new HttpClient(handler) { BaseAddress = new Uri("http://ferry-client"), Timeout = TimeSpan.FromSeconds(10) };
+    }
+
+    public static async Task<bool> IsAliveAsync(string stateDirectory, CancellationToken ct)
+    {
+        try
+        {
+            using var http = Connect(stateDirectory);
+            using var response = await http.GetAsync("/status", ct);
+            return response.IsSuccessStatusCode;
+        }
+        catch (Exception e) when (e is HttpRequestException or System.Net.Sockets.SocketException or TaskCanceledException)
+        {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+using System.Security.Cryptography.X509Certificates;
+using Ferry.Connector.Flows;
+using Ferry.Core.ControlPlane;
+using Ferry.Core.Flows;
+using Ferry.Core.Security;
+using Ferry.Paths;
+using Ferry.Quic;
+using Microsoft.Extensions.Logging;
+
+namespace Ferry.Connector;
+
+/// <summary>
+/// The connector process: dials out to the controller only, keeps its tokens rotated on disk, and serves clients' QUIC
+/// connections (arriving through relays) by checking each flow against the access table the controller pushes.
+/// </summary>
+public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory loggers)
+{
+    private readonly ILogger _logger = loggers.CreateLogger<ConnectorDaemon>();
+    private volatile AccessTable _access = AccessTable.Empty;
+    private DataPlaneEndpoint? _dataPlane;
+    private RelayInfo[] _relays = [];
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<LiveFlow, byte> _live = new();
+
+    /// <summary>A flow in progress: whose it is, where it goes (once admitted), and how to end it.</summary>
+    private sealed class LiveFlow(string owner, CancellationTokenSource cancel)
+    {
+        public string Owner { get; } = owner;
+        public CancellationTokenSource Cancel { get; } = cancel;
+        public volatile FlowHeader? Header;
+    }
+
+    public async Task RunAsync(CancellationToken ct)
+    {
+        var clock = options.ClockSkew == TimeSpan.Zero ? TimeProvider.System : new SkewedTimeProvider(options.ClockSkew);
+        var loop = new DaemonSessionLoop(options.Controller, options.Trust, options.TokensPath, clock, _logger);
+        Log.Starting(_logger, loop.Tokens.Name ?? "?", loop.Tokens.Id, options.Controller, options.Trust.Description);
+        INameResolver resolver = options.DnsServer is { } dns ? new DnsServerResolver(dns) : new SystemNameResolver();
+        var flows = new FlowHandler(resolver, new FlowHandlerOptions(), loggers.CreateLogger<FlowHandler>());
+        CancellationTokenSource? discovery = null;
+        loop.OnMessage = async (message, socket, sct) =>
+        {
+            switch (message)
+            {
+                case CertificateIssuedMessage issued when _dataPlane is null:
+                    Log.CertificateReceived(_logger, issued.NotAfter);
+                    // The data plane needs this connector's certificate: it starts with the first one.
+                    _dataPlane = DataPlaneEndpoint.Create(options.UdpBind, loop.Session.Certificate!, X509Certificate2.CreateFromPem(issued.CaPem), acceptConnections: true, _logger);
+                    Log.DataPlane(_logger, _dataPlane.LocalEndPoint.ToString());
+                    _ = Task.Run(() => AcceptLoopAsync(_dataPlane, flows, ct), CancellationToken.None);
+                    ApplyRelays(socket, sct);
+                    break;
+                case CertificateIssuedMessage issued:
+                    Log.CertificateReceived(_logger, issued.NotAfter);
+                    await _dataPlane.UpdateCertificateAsync(loop.Session.Certificate!, _relays, sct);
+                    break;
+                case AccessMessage access:
+                    _access = ToTable(access);
+                    Log.AccessChanged(_logger, access.Resources.Length, access.Grants.Length);
+                    RevokeWhatIsNoLongerAllowed();
+                    break;
+                case TicketIssuedMessage ticket when _dataPlane is not null:
+                    try
+                    {
+                        await _dataPlane.BindTicketAsync(ticket.Ticket, sct);
+                    }
+                    catch (Exception e) when (e is Ferry.Relay.RelayException or InvalidOperationException)
+                    {
+                        Log.TicketFailed(_logger, ticket.Peer, e.Message);
+                    }
+                    break;
+                case RelaysMessage relays when relays.Relays.Length > 0:
+                    _relays = relays.Relays;
+                    if (discovery is not null)
+                    {
+                        await discovery.CancelAsync();
+                        discovery.Dispose();
+                    }
+                    discovery = CancellationTokenSource.CreateLinkedTokenSource(sct);
+                    ApplyRelays(socket, discovery.Token);
+                    break;
+            }
+        };
+        try
+        {
+            await loop.RunAsync(ct);
+        }
+        finally
+        {
+            if (_dataPlane is not null)
+            {
+                await _dataPlane.DisposeAsync();
+            }
+        }
+    }
+
+    /// <summary>Connects to the relays and runs STUN against them from the data-plane socket; the controller shows the outcome as STUN status.</summary>
+    private void ApplyRelays(SessionSocket socket, CancellationToken ct)
+    {
+        if (_dataPlane is not { } dataPlane || _relays.Length == 0)
+        {
+            return;
+        }
+        var relays = _relays;
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await dataPlane.UpdateRelaysAsync(relays, ct);
+                var report = await dataPlane.DiscoverAsync(relays, ct);
+                Log.StunResult(_logger, report.Status, report.MappedAddress ?? "-", string.Join(",", report.Relays), report.Error ?? "");
+                await socket.SendAsync(report, ct);
+            }
+            catch (Exception e) when (e is OperationCanceledException or System.Net.WebSockets.WebSocketException or ObjectDisposedException or Ferry.Relay.RelayException)
+            {
+                // Superseded by a newer list, or the session ended: the next one starts over.
+            }
+        }, CancellationToken.None);
+    }
+
+    /// <summary>Revocation reaches live flows: every flow is checked again against the new table, and closed when it no longer passes.</summary>
+    private void RevokeWhatIsNoLongerAllowed()
+    {
+        var table = _access;
+        foreach (var flow in _live.Keys)
+        {
+            if (flow.Header is { } header && table.Check(flow.Owner, header.Protocol, header.Host, header.Port) is { IsAllowed: false } decision)
+            {
+                Log.FlowRevoked(_logger, flow.Owner, header.ToString(), decision.Message);
+                flow.Cancel.Cancel();
+            }
+        }
+    }
+
+    /// <summary>Every resource is in the table (so "not granted" is told apart from "no such resource"); owners are the users and service accounts granted each.</summary>
+    private static AccessTable ToTable(AccessMessage access)
+    {
+        var byId = access.Resources.ToDictionary(r => r.Id, StringComparer.Ordinal);
+        // An empty identity matches no certificate: it only makes ungranted resources known to the table.
+        var entries = access.Resources.Select(r => new AccessEntry("", r))
+            .Concat(access.Grants.SelectMany(g => g.ResourceIds.Where(byId.ContainsKey).Select(id => new AccessEntry(g.Owner, byId[id]))));
+        return new AccessTable(entries);
+    }
+
+    private async Task AcceptLoopAsync(DataPlaneEndpoint dataPlane, FlowHandler flows, CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            QuicConnection connection;
+            try
+            {
+                connection = await dataPlane.AcceptAsync(ct);
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
+            {
+                return;
+            }
+            catch (Exception e) when (e is QuicException or System.Security.Authentication.AuthenticationException)
+            {
+                Log.HandshakeFailed(_logger, e.Message);
+                continue;
+            }
+            _ = Task.Run(() => ServeAsync(connection, flows, ct), CancellationToken.None);
+        }
+    }
+
+    /// <summary>One client connection: every stream is one flow, checked against the owner named in the client's certificate.</summary>
+    private async Task ServeAsync(QuicConnection connection, FlowHandler flows, CancellationToken ct)
+    {
+        await using var owned = connection;
+        var owner = connection.RemoteCertificate is { } certificate ? PeerIdentity.OwnerOf(certificate) : null;
+        if (owner is null)
+        {
+            Log.HandshakeFailed(_logger, $"{connection.RemoteIdentity ?? "peer"} presented no device owner; only client devices open flows");
+            await connection.CloseAsync(1, "not a client device");
+            return;
+        }
+        Log.ClientConnected(_logger, connection.RemoteIdentity ?? "?", owner);
+        while (!ct.IsCancellationRequested)
+        {
+            QuicStream stream;
+            try
+            {
+                stream = await connection.AcceptStreamAsync(ct);
+            }
+            catch (Exception e) when (e is QuicException or OperationCanceledException or ObjectDisposedException)
+            {
+                Log.ClientDisconnected(_logger, connection.RemoteIdentity ?? "?", e.Message);
+                return;
+            }
+            _ = Task.Run(async () =>
+            {
+                using var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                var flow = new LiveFlow(owner, cancel);
+                _live[flow] = 0;
+                try
+                {
+                    await using (stream)
+                    {
+                        await flows.HandleAsync(stream, s => { ((QuicStream)s).CompleteWrites(); return ValueTask.CompletedTask; }, owner, _access, cancel.Token, header =>
+                        {
+                            flow.Header = header;
+                            // The table may have changed while the header was read: the newest one decides.
+                            if (!_access.Check(owner, header.Protocol, header.Host, header.Port).IsAllowed)
+                            {
+                                cancel.Cancel();
+                            }
+                        });
+                    }
+                }
+                finally
+                {
+                    _live.TryRemove(flow, out _);
+                }
+            }, CancellationToken.None);
+        }
+    }
+}

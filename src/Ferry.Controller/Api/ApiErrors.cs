@@ -1,0 +1,36 @@
+using Microsoft.AspNetCore.Http;
+
+namespace Ferry.Controller.Api;
+
+/// <summary>A request the API refuses: becomes a problem+json answer with this status, title and detail.</summary>
+public sealed class ApiException(int status, string title, string detail) : Exception(detail)
+{
+    public int Status { get; } = status;
+    public string Title { get; } = title;
+
+    public static ApiException BadRequest(string detail) => new(StatusCodes.Status400BadRequest, "Invalid request", detail);
+    public static ApiException NotFound(string what, string name) => new(StatusCodes.Status404NotFound, "Not found", $"{what} '{name}' does not exist");
+    public static ApiException Conflict(string detail) => new(StatusCodes.Status409Conflict, "Conflict", detail);
+}
+
+/// <summary>Turns refused requests, unreadable bodies and unexpected failures into problem+json, so no client ever sees a bare 500 page.</summary>
+public sealed class ProblemMiddleware(RequestDelegate next)
+{
+    public async Task InvokeAsync(HttpContext context)
+    {
+        try
+        {
+            await next(context);
+        }
+        catch (ApiException e) when (!context.Response.HasStarted)
+        {
+            await Results.Problem(statusCode: e.Status, title: e.Title, detail: e.Message).ExecuteAsync(context);
+        }
+        catch (BadHttpRequestException e) when (!context.Response.HasStarted)
+        {
+            // Malformed JSON, wrong content type, missing body: the client's fault, said plainly.
+            var detail = e.InnerException is System.Text.Json.JsonException json ? $"request body is not valid JSON for this endpoint: {json.Message}" : e.Message;
+            await Results.Problem(statusCode: e.StatusCode, title: "Invalid request", detail: detail).ExecuteAsync(context);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+using Ferry.Controller.Policy;
+using Ferry.Controller.Storage;
+using Ferry.Controller.Tokens;
+using Ferry.Core.Api;
+using Ferry.Core.Security;
+using Ferry.Core.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Logging;
+
+namespace Ferry.Controller.Api;
+
+/// <summary>Endpoints daemons and clients call with their own credentials (not the admin key): token refresh and client sign-in.</summary>
+public static class DaemonEndpoints
+{
+    public static void MapDaemonApi(this IEndpointRouteBuilder app)
+    {
+        app.MapPost("/v1/daemon/refresh", RefreshAsync);
+        app.MapPost("/v1/client/login", LoginAsync);
+    }
+
+    private static async Task<IResult> RefreshAsync(TokenRefreshRequest request, TokenService tokens, ILoggerFactory loggers, CancellationToken ct)
+    {
+        if (string.IsNullOrWhiteSpace(request.RefreshToken))
+        {
+            throw ApiException.BadRequest("refreshToken is required");
+        }
+        var (issued, refusal, daemon) = await tokens.RefreshAsync(request.RefreshToken, ct);
+        if (refusal is not null || issued is null || daemon is null)
+        {
+            Log.RefreshRefused(loggers.CreateLogger("Ferry.Controller.Tokens"), refusal!.Code, refusal.Message);
+            return Results.Problem(statusCode: refusal.Status, title: refusal.Code, detail: refusal.Message);
+        }
+        return Results.Ok(new TokenFile
+        {
+            Kind = daemon.Kind,
+            Id = daemon.Id,
+            Name = daemon.Name,
+            Network = daemon.NetworkName,
+            AccessToken = issued.AccessToken,
+            AccessTokenExpiresAt = issued.AccessExpiresAt,
+            RefreshToken = issued.RefreshToken,
+        });
+    }
+
+    private static async Task<IResult> LoginAsync(ClientLoginRequest request, ControllerStore store, PolicyEvaluator policy, ControllerOptions options, TimeProvider time, ILoggerFactory loggers, CancellationToken ct)
+    {
+        var logger = loggers.CreateLogger("Ferry.Controller.Clients");
+        string ownerKind, ownerId;
+        if (!string.IsNullOrEmpty(request.ServiceAccountKey))
+        {
+            var account = await store.FindServiceAccountByKeyAsync(TokenFormat.Hash(request.ServiceAccountKey), ct);
+            if (account is null)
+            {
+                Log.LoginRefused(logger, "a service account", "unknown key");
+                return Results.Problem(statusCode: 401, title: "Sign-in refused", detail: "service account key is not valid (it may have been removed)");
+            }
+            (ownerKind, ownerId) = ("service-account", account.Id);
+        }
+        else if (!string.IsNullOrEmpty(request.User))
+        {
+            var user = await store.FindUserAsync(request.User, ct);
+            // One answer for unknown user and wrong password, so sign-in does not reveal which users exist.
+            if (user is null || !PasswordHasher.Verify(request.Password ?? "", user.PasswordHash))
+            {
+                Log.LoginRefused(logger, request.User, "wrong user name or password");
+                return Results.Problem(statusCode: 401, title: "Sign-in refused", detail: "user name or password is wrong");
+            }
+            (ownerKind, ownerId) = ("user", user.Id);
+        }
+        else
+        {
+            throw ApiException.BadRequest("sign in with a user and password, or a service account key");
+        }
+        var deviceToken = TokenFormat.New(TokenFormat.DevicePrefix);
+        var now = time.GetUtcNow();
+        var device = new DeviceRow
+        {
+            Id = TokenFormat.NewId("dv_"),
+            Name = string.IsNullOrWhiteSpace(request.DeviceName) ? "device" : request.DeviceName[..Math.Min(request.DeviceName.Length, 63)],
+            OwnerKind = ownerKind,
+            OwnerId = ownerId,
+            TokenHash = TokenFormat.Hash(deviceToken),
+            TokenExpiresAt = now.Add(options.DeviceTokenLifetime).ToUnixTimeMilliseconds(),
+            CreatedAt = now.ToUnixTimeMilliseconds(),
+        };
+        await store.InsertDeviceAsync(device, ct);
+        var grants = await policy.GrantsForAsync(ownerKind, ownerId, ct);
+        return Results.Ok(new ClientLoginResult(device.Id, new PeerIdentity(PeerIdentity.Device, device.Id).ToString(), deviceToken, DateTimeOffset.FromUnixTimeMilliseconds(device.TokenExpiresAt), grants));
+    }
+}

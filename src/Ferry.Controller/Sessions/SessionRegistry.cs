@@ -1,0 +1,71 @@
+using System.Collections.Concurrent;
+
+namespace Ferry.Controller.Sessions;
+
+/// <summary>The sessions this replica holds, so a policy or relay change can be pushed to each without a restart.</summary>
+public sealed class SessionRegistry
+{
+    private readonly ConcurrentDictionary<string, Func<Task>> _policyListeners = new();
+    private readonly ConcurrentDictionary<string, Func<Task>> _relayListeners = new();
+
+    private readonly ConcurrentDictionary<string, Func<Core.ControlPlane.SessionMessage, Task>> _byIdentity = new();
+
+
+    /// <summary>Lets other sessions send to this identity (a relay ticket for both ends of a pair).</summary>
+    public void AddPeer(string identity, Func<Core.ControlPlane.SessionMessage, Task> send) => _byIdentity[identity] = send;
+
+    public void RemovePeer(string identity, Func<Core.ControlPlane.SessionMessage, Task> send)
+        => _byIdentity.TryRemove(new KeyValuePair<string, Func<Core.ControlPlane.SessionMessage, Task>>(identity, send));
+
+    /// <summary>Sends to the session of <paramref name="identity"/> if this replica holds it; false otherwise.</summary>
+    public async Task<bool> TrySendAsync(string identity, Core.ControlPlane.SessionMessage message)
+    {
+        if (!_byIdentity.TryGetValue(identity, out var send))
+        {
+            return false;
+        }
+        try
+        {
+            await send(message);
+            return true;
+        }
+        catch (Exception e) when (e is System.Net.WebSockets.WebSocketException or IOException or OperationCanceledException or ObjectDisposedException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Registers a session that recomputes and pushes what it depends on (a client's grants, a connector's access table) on every policy change.</summary>
+    public void AddPolicyListener(string sessionId, Func<Task> push) => _policyListeners[sessionId] = push;
+
+    public void RemovePolicyListener(string sessionId) => _policyListeners.TryRemove(sessionId, out _);
+
+    /// <summary>Registers a connector or client session that wants the relay list whenever it changes.</summary>
+    public void AddRelayListener(string sessionId, Func<Task> pushRelays) => _relayListeners[sessionId] = pushRelays;
+
+    public void RemoveRelayListener(string sessionId) => _relayListeners.TryRemove(sessionId, out _);
+
+    /// <summary>Tells every policy listener (clients' grants, connectors' access tables) to recompute; each sends only when its view changed.</summary>
+    public void NotifyPolicyChanged() => Fan(_policyListeners.Values);
+
+    /// <summary>Tells every connector and client the relay list changed (a relay came, went or moved).</summary>
+    public void NotifyRelaysChanged() => Fan(_relayListeners.Values);
+
+    private static void Fan(IEnumerable<Func<Task>> pushes)
+    {
+        foreach (var push in pushes)
+        {
+            _ = Task.Run(async () =>
+            {
+                try
+                {
+                    await push();
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    // A session that cannot be written to is ending; its own loop reports why.
+                }
+            });
+        }
+    }
+}

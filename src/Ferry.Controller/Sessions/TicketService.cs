@@ -1,0 +1,54 @@
+using Ferry.Controller.CertificateAuthority;
+using Ferry.Controller.Storage;
+using Ferry.Core.Security;
+using Ferry.Relay;
+
+namespace Ferry.Controller.Sessions;
+
+/// <summary>Issues relay tickets only for pairs policy lets talk: a device and a connector of a network holding a resource granted to the device's owner.</summary>
+public sealed class TicketService(ControllerStore store, DeploymentCertificateAuthority ca, TimeProvider time)
+{
+    public static readonly TimeSpan Lifetime = TimeSpan.FromHours(1);
+
+    /// <summary>The owner of a device session ("user"/"service-account" and id); null for daemons.</summary>
+    public sealed record Requester(PeerIdentity Identity, string? OwnerKind, string? OwnerId);
+
+    public async Task<(RelayTicket? Ticket, string? Refusal)> IssueAsync(Requester requester, string peerText, CancellationToken ct)
+    {
+        if (!PeerIdentity.TryParse(peerText, out var peer))
+        {
+            return (null, $"'{peerText}' is not a peer identity (kind/id)");
+        }
+        PeerIdentity device, connector;
+        string ownerKind, ownerId;
+        if (requester.Identity.Kind == PeerIdentity.Device && peer.Value.Kind == PeerIdentity.Connector)
+        {
+            (device, connector, ownerKind, ownerId) = (requester.Identity, peer.Value, requester.OwnerKind!, requester.OwnerId!);
+        }
+        else if (requester.Identity.Kind == PeerIdentity.Connector && peer.Value.Kind == PeerIdentity.Device)
+        {
+            var owner = await store.GetDeviceAsync(peer.Value.Id, ct);
+            if (owner is null)
+            {
+                return (null, $"device '{peer.Value.Id}' does not exist");
+            }
+            (device, connector, ownerKind, ownerId) = (peer.Value, requester.Identity, owner.OwnerKind, owner.OwnerId);
+        }
+        else
+        {
+            return (null, $"relay tickets pair a device with a connector, not {requester.Identity.Kind} with {peer.Value.Kind}");
+        }
+        var connectorRow = await store.GetDaemonAsync(connector.Id, ct);
+        if (connectorRow is null || connectorRow.Kind != PeerIdentity.Connector)
+        {
+            return (null, $"connector '{connector.Id}' does not exist");
+        }
+        var granted = await store.ListGrantedResourcesAsync(ownerKind, ownerId, ct);
+        if (!granted.Any(r => r.NetworkId == connectorRow.NetworkId))
+        {
+            return (null, $"{device} may not reach {connector}: no resource of network '{connectorRow.NetworkName}' is granted to its owner");
+        }
+        var ticket = RelayTicket.Issue(ca.SigningKey, device.ToString(), connector.ToString(), time.GetUtcNow().Add(Lifetime));
+        return (ticket, null);
+    }
+}

@@ -1,0 +1,123 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Ferry.Core.ControlPlane;
+
+/// <summary>One message on the long-lived daemon session (a WebSocket carrying one JSON object per text frame).</summary>
+[JsonPolymorphic(TypeDiscriminatorPropertyName = "type")]
+[JsonDerivedType(typeof(ProbeMessage), "probe")]
+[JsonDerivedType(typeof(HelloMessage), "hello")]
+[JsonDerivedType(typeof(ProbeReplyMessage), "probe-reply")]
+[JsonDerivedType(typeof(WelcomeMessage), "welcome")]
+[JsonDerivedType(typeof(RefusedMessage), "refused")]
+[JsonDerivedType(typeof(CertificateRequestMessage), "certificate-request")]
+[JsonDerivedType(typeof(CertificateIssuedMessage), "certificate")]
+[JsonDerivedType(typeof(RotateTokensMessage), "rotate-tokens")]
+[JsonDerivedType(typeof(TokensRotatedMessage), "tokens-rotated")]
+[JsonDerivedType(typeof(TokensSavedMessage), "tokens-saved")]
+[JsonDerivedType(typeof(ResourcesMessage), "resources")]
+[JsonDerivedType(typeof(ErrorMessage), "error")]
+[JsonDerivedType(typeof(RelayStatusMessage), "relay-status")]
+[JsonDerivedType(typeof(RelaysMessage), "relays")]
+[JsonDerivedType(typeof(StunReportMessage), "stun-report")]
+[JsonDerivedType(typeof(TicketRequestMessage), "ticket-request")]
+[JsonDerivedType(typeof(TicketIssuedMessage), "ticket")]
+[JsonDerivedType(typeof(AccessMessage), "access")]
+public abstract record SessionMessage
+{
+    public static string Serialize(SessionMessage message) => JsonSerializer.Serialize(message, SessionJsonContext.Default.SessionMessage);
+
+    public static SessionMessage? Deserialize(ReadOnlySpan<byte> utf8)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize(utf8, SessionJsonContext.Default.SessionMessage);
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+        catch (NotSupportedException)
+        {
+            // An unknown "type" from a newer peer: ignored rather than tearing down the session.
+            return null;
+        }
+    }
+}
+
+/// <summary>Controller → daemon, every heartbeat interval: the controller's clock, so both ends' timestamps give the offset.</summary>
+public sealed record ProbeMessage(long Seq, long ControllerTimeMs, int HeartbeatIntervalMs) : SessionMessage;
+
+/// <summary>Daemon → controller, first message: who the host is, and the answer to the first probe.</summary>
+public sealed record HelloMessage(
+    string Hostname,
+    string[] PrivateIps,
+    string Version,
+    long ProbeSeq,
+    long ControllerTimeMs,
+    long DaemonTimeMs,
+    string? CsrPem) : SessionMessage;
+
+/// <summary>Daemon → controller: the answer to a probe, which doubles as the heartbeat.</summary>
+public sealed record ProbeReplyMessage(long Seq, long ControllerTimeMs, long DaemonTimeMs) : SessionMessage;
+
+/// <summary>Controller → daemon: the session is accepted.</summary>
+public sealed record WelcomeMessage(string SessionId, string Identity, int HeartbeatIntervalMs, long TimeOffsetMs) : SessionMessage;
+
+/// <summary>Controller → daemon, right before closing: why the session is refused, in words an operator can act on.</summary>
+public sealed record RefusedMessage(string Code, string Reason) : SessionMessage;
+
+/// <summary>Daemon → controller: a PKCS#10 request for a fresh short-lived certificate.</summary>
+public sealed record CertificateRequestMessage(string CsrPem) : SessionMessage;
+
+/// <summary>Controller → daemon: the signed certificate and the deployment CA that peers check it against.</summary>
+public sealed record CertificateIssuedMessage(string CertificatePem, string CaPem, DateTimeOffset NotAfter) : SessionMessage;
+
+/// <summary>Daemon → controller: asks for a new token pair over the session it already holds.</summary>
+public sealed record RotateTokensMessage : SessionMessage;
+
+/// <summary>Controller → daemon: the new pair; the old one stays valid until the daemon says it saved this one.</summary>
+public sealed record TokensRotatedMessage(string AccessToken, DateTimeOffset AccessTokenExpiresAt, string RefreshToken) : SessionMessage;
+
+/// <summary>Daemon → controller: the rotated pair is on disk; the old pair may now be retired.</summary>
+public sealed record TokensSavedMessage(string AccessToken) : SessionMessage;
+
+/// <summary>Controller → client: the resources that policy grants this identity now, and the online connectors of their networks.</summary>
+public sealed record ResourcesMessage(ResourceGrant[] Resources, NetworkConnectors[]? Connectors = null) : SessionMessage;
+
+/// <summary>The online connectors (identities "connector/cn_…") of one remote network, as a client may use them.</summary>
+public sealed record NetworkConnectors(string Network, string[] Connectors);
+
+/// <summary>Either way: a request on the session could not be served; <paramref name="Subject"/> names what it was about (the peer of a ticket request).</summary>
+public sealed record ErrorMessage(string Code, string Message, string? Subject = null) : SessionMessage;
+
+/// <summary>Relay → controller, every few seconds: where it listens and how loaded it is.</summary>
+public sealed record RelayStatusMessage(string[] TcpEndpoints, string[] StunEndpoints, int Peers, long BytesIn, long BytesOut, long PacketsIn, long PacketsOut, double PacketsPerSecond, long Refused) : SessionMessage;
+
+/// <summary>Controller → connector or client: the relays that are online now, with their TCP and STUN endpoints.</summary>
+public sealed record RelaysMessage(RelayInfo[] Relays) : SessionMessage;
+
+/// <summary>A relay as peers see it.</summary>
+public sealed record RelayInfo(string Id, string Name, string? Location, string[] Tcp, string[] Stun);
+
+/// <summary>Connector → controller: the outcome of STUN discovery against the relays ("ok" or "failed").</summary>
+public sealed record StunReportMessage(string Status, string? MappedAddress, string[] Relays, string? Error) : SessionMessage;
+
+/// <summary>Peer → controller: asks for a relay ticket naming itself and <paramref name="Peer"/>.</summary>
+public sealed record TicketRequestMessage(string Peer) : SessionMessage;
+
+/// <summary>Controller → both named peers: a signed relay ticket; relays forward only between the two ends it names.</summary>
+public sealed record TicketIssuedMessage(string Peer, string Ticket, DateTimeOffset NotAfter) : SessionMessage;
+
+/// <summary>Controller → connector: the resources of its network and which owners (users, service accounts) may use which; replaced whole on every change.</summary>
+public sealed record AccessMessage(ResourceGrant[] Resources, OwnerGrants[] Grants) : SessionMessage;
+
+/// <summary>The resources one owner ("user/us_…" or "service-account/sa_…") is granted.</summary>
+public sealed record OwnerGrants(string Owner, string[] ResourceIds);
+
+/// <summary>One resource as a client sees it: where it is and which ports it may use.</summary>
+public sealed record ResourceGrant(string Id, string Name, string Network, string Address, string Tcp, string Udp);
+
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(SessionMessage))]
+internal sealed partial class SessionJsonContext : JsonSerializerContext;

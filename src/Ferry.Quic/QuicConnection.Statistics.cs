@@ -1,0 +1,47 @@
+using Ferry.Quic.Interop;
+using static Ferry.Quic.Interop.Ngtcp2Const;
+
+namespace Ferry.Quic;
+
+/// <summary>A snapshot of a connection's path measurements, for example to rank connectors by RTT.</summary>
+/// <param name="SmoothedRtt">Smoothed round-trip time.</param>
+/// <param name="MinRtt">Smallest RTT sample seen.</param>
+/// <param name="LatestRtt">Most recent RTT sample.</param>
+/// <param name="RttVariance">RTT variation.</param>
+/// <param name="CongestionWindow">Congestion window in bytes.</param>
+/// <param name="BytesInFlight">Sent and not yet acknowledged or declared lost.</param>
+/// <param name="MaxUdpPayloadSize">Largest UDP payload currently sent on the path.</param>
+/// <param name="PtoCount">Consecutive probe timeouts (grows while the path is dead).</param>
+public readonly record struct QuicConnectionStatistics(
+    TimeSpan SmoothedRtt,
+    TimeSpan MinRtt,
+    TimeSpan LatestRtt,
+    TimeSpan RttVariance,
+    long CongestionWindow,
+    long BytesInFlight,
+    int MaxUdpPayloadSize,
+    int PtoCount);
+
+public sealed partial class QuicConnection
+{
+    /// <summary>Current RTT, congestion and path figures from ngtcp2.</summary>
+    public unsafe QuicConnectionStatistics GetStatistics()
+    {
+        lock (_lock)
+        {
+            ThrowIfTerminalLocked();
+            ngtcp2_conn_stat stat;
+            Ngtcp2.ngtcp2_conn_get_conn_stat_versioned(_c, NGTCP2_CONN_STAT_VERSION, &stat);
+            static TimeSpan Ns(ulong ns) => TimeSpan.FromTicks((long)(ns / 100));
+            return new QuicConnectionStatistics(
+                Ns(stat.smoothed_rtt),
+                stat.min_rtt == ulong.MaxValue ? TimeSpan.Zero : Ns(stat.min_rtt),
+                Ns(stat.latest_rtt),
+                Ns(stat.rttvar),
+                (long)stat.cwnd,
+                (long)stat.bytes_in_flight,
+                (int)stat.max_tx_udp_payload_size,
+                (int)stat.pto_count);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+using System.CommandLine;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Ferry.Client;
+using Ferry.Client.Access;
+using Ferry.Core.ControlPlane;
+using Ferry.Core.Security;
+
+namespace Ferry.Cli.Commands;
+
+/// <summary>'ferry client': a person's device or a headless service reaching resources.</summary>
+internal static class ClientCommand
+{
+    private static readonly Option<string> State = new("--state")
+    {
+        Description = "Client state folder (holds the control socket)",
+        DefaultValueFactory = _ => Env.Get("FERRY_CLIENT_STATE") ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".ferry", "client"),
+        Recursive = true,
+    };
+
+    public static Command Create()
+    {
+        var command = new Command("client", "Run a client, or ask the running one.") { State };
+        command.Subcommands.Add(Up());
+        command.Subcommands.Add(Resources());
+        command.Subcommands.Add(Status());
+        command.Subcommands.Add(Connect());
+        return command;
+    }
+
+    private static Command Up()
+    {
+        var controller = new Option<string?>("--controller") { Description = "Controller URL (or FERRY_CONTROLLER)" };
+        var fingerprint = new Option<string?>("--controller-fingerprint") { Description = "SHA-256 fingerprint of the controller's TLS certificate (or FERRY_CONTROLLER_FINGERPRINT)" };
+        var ca = new Option<string?>("--controller-ca") { Description = "PEM file of the CA that signed the controller's TLS certificate" };
+        var user = new Option<string?>("--user") { Description = "Sign in as this user" };
+        var passwordFile = new Option<string?>("--password-file") { Description = "File holding the user's password (or FERRY_PASSWORD)" };
+        var keyFile = new Option<string?>("--service-account-key-file") { Description = "File holding a service account key (or FERRY_SERVICE_ACCOUNT_KEY)" };
+        var device = new Option<string?>("--device-name") { Description = "Name this device shows under in the controller" };
+        var socks = new Option<string>("--socks") { Description = "Loopback port of the SOCKS5 proxy, 0 for any free port, or 'off'", DefaultValueFactory = _ => "1080" };
+        var http = new Option<string>("--http-proxy") { Description = "Loopback port of the HTTP CONNECT proxy, 0 for any free port, or 'off'", DefaultValueFactory = _ => "off" };
+        var forward = new Option<string[]>("--forward") { Description = "LOCALPORT=HOST:PORT: a loopback port whose connections reach HOST:PORT (repeatable)" };
+        var split = new Option<bool>("--split-tunnel") { Description = "Send destinations that match no resource straight out instead of refusing them" };
+        var command = new Command("up", "Sign in and stay connected: receives the device certificate and what policy grants, and serves SOCKS5, HTTP CONNECT and port forwards on loopback.")
+        {
+            controller, fingerprint, ca, user, passwordFile, keyFile, device, socks, http, forward, split,
+        };
+        command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
+        {
+            var url = parse.GetValue(controller) ?? Env.Get("FERRY_CONTROLLER") ?? throw new CliException("no controller URL: pass --controller or set FERRY_CONTROLLER", 2);
+            var trust = ControllerTrust.Create(parse.GetValue(fingerprint) ?? Env.Get("FERRY_CONTROLLER_FINGERPRINT"), parse.GetValue(ca));
+            var key = ReadSecret(parse.GetValue(keyFile), "FERRY_SERVICE_ACCOUNT_KEY");
+            var password = ReadSecret(parse.GetValue(passwordFile), "FERRY_PASSWORD");
+            var userName = parse.GetValue(user);
+            if (key is null && (userName is null || password is null))
+            {
+                throw new CliException("sign in with --user and a password (--password-file or FERRY_PASSWORD), or with a service account key (--service-account-key-file or FERRY_SERVICE_ACCOUNT_KEY)", 2);
+            }
+            using var loggers = DaemonLogging.Create();
+            var daemon = new ClientDaemon(new ClientOptions
+            {
+                Controller = ConnectorCommand.ParseUrl(url),
+                Trust = trust,
+                User = key is null ? userName : null,
+                Password = key is null ? password : null,
+                ServiceAccountKey = key,
+                DeviceName = parse.GetValue(device) ?? Environment.MachineName,
+                StateDirectory = parse.GetValue(State)!,
+                SocksPort = Port(parse.GetValue(socks)!, "--socks"),
+                HttpProxyPort = Port(parse.GetValue(http)!, "--http-proxy"),
+                Forwards = [.. (parse.GetValue(forward) ?? []).Select(PortForwardSpec.Parse)],
+                SplitTunnel = parse.GetValue(split),
+            }, loggers);
+            await daemon.RunAsync(ct);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static Command Resources()
+    {
+        var json = new Option<bool>("--json") { Description = "Print JSON" };
+        var command = new Command("resources", "List the resources the running client may reach.") { json };
+        command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
+        {
+            var resources = await AskAsync<ResourceGrant[]>(parse.GetValue(State)!, "/resources", ct);
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(resources, Output.Json));
+                return 0;
+            }
+            Output.Table(["NAME", "NETWORK", "ADDRESS", "TCP", "UDP"], resources.Select(r => new[] { r.Name, r.Network, r.Address, r.Tcp, r.Udp }));
+            return 0;
+        }));
+        return command;
+    }
+
+    private static Command Status()
+    {
+        var command = new Command("status", "Show the running client's connection state as JSON.");
+        command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
+        {
+            var status = await AskAsync<ClientStatus>(parse.GetValue(State)!, "/status", ct);
+            Console.WriteLine(JsonSerializer.Serialize(status, Output.Json));
+            return 0;
+        }));
+        return command;
+    }
+
+    private static int? Port(string text, string option)
+    {
+        if (text.Equals("off", StringComparison.OrdinalIgnoreCase))
+        {
+            return null;
+        }
+        return int.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out var port) && port is >= 0 and <= 65535
+            ? port
+            : throw new CliException($"{option} '{text}' is not a port (0-65535) or 'off'", 2);
+    }
+
+    /// <summary>'ferry client connect HOST PORT': joins stdin/stdout to a resource through the running client (for ssh -o ProxyCommand).</summary>
+    private static Command Connect()
+    {
+        var host = new Argument<string>("host") { Description = "Resource host name or IP" };
+        var port = new Argument<int>("port") { Description = "Port" };
+        var command = new Command("connect", "Join standard input and output to HOST:PORT through the running client (ssh -o ProxyCommand='ferry client connect %h %p').") { host, port };
+        command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
+        {
+            var status = await AskAsync<ClientStatus>(parse.GetValue(State)!, "/status", ct);
+            var socks = status.Listeners.FirstOrDefault(l => l.StartsWith("socks5 ", StringComparison.Ordinal))
+                ?? throw new CliException("the running client has no SOCKS5 proxy (started with --socks off)");
+            var endpoint = System.Net.IPEndPoint.Parse(socks["socks5 ".Length..]);
+            using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+            await socket.ConnectAsync(endpoint, ct);
+            await using var stream = new System.Net.Sockets.NetworkStream(socket, ownsSocket: false);
+            await Socks5Connect.HandshakeAsync(stream, parse.GetValue(host)!, parse.GetValue(port), ct);
+            await using var stdin = Console.OpenStandardInput();
+            await using var stdout = Console.OpenStandardOutput();
+            var up = Task.Run(async () =>
+            {
+                await stdin.CopyToAsync(stream, ct);
+                socket.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+            }, ct);
+            await stream.CopyToAsync(stdout, ct);
+            await stdout.FlushAsync(ct);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static async Task<T> AskAsync<T>(string state, string path, CancellationToken ct)
+    {
+        try
+        {
+            using var http = ClientControl.Connect(state);
+            return await http.GetFromJsonAsync<T>(path, ct) ?? throw new CliException("the client answered nothing");
+        }
+        catch (HttpRequestException e)
+        {
+            throw new CliException($"no client is running with state folder '{state}' ({e.Message}); start one with 'ferry client up'");
+        }
+    }
+
+    private static string? ReadSecret(string? file, string variable)
+    {
+        if (file is not null)
+        {
+            try
+            {
+                return File.ReadAllText(file).Trim();
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new CliException($"cannot read '{file}': {e.Message}");
+            }
+        }
+        return Env.Get(variable);
+    }
+}

@@ -1,0 +1,58 @@
+using System.CommandLine;
+using Ferry.Controller;
+
+namespace Ferry.Cli.Commands;
+
+/// <summary>'ferry controller': the control plane (admin API, daemon sessions, CA).</summary>
+internal static class ControllerCommand
+{
+    public static Command Create()
+    {
+        var data = new Option<string>("--data") { Description = "Folder for the SQLite database, TLS certificate and admin.key", DefaultValueFactory = _ => "./ferry-data" };
+        var listen = new Option<string>("--listen") { Description = "HOST:PORT to serve HTTPS on", DefaultValueFactory = _ => "127.0.0.1:8443" };
+        var database = new Option<string?>("--database") { Description = "PostgreSQL connection string (\"Host=…;Database=…\"); SQLite under --data when omitted" };
+        var tlsCert = new Option<string?>("--tls-cert") { Description = "PEM certificate to serve; generated on first start when omitted" };
+        var tlsKey = new Option<string?>("--tls-key") { Description = "PEM private key of --tls-cert" };
+        var trustedProxy = new Option<string[]>("--trusted-proxy") { Description = "IP of a proxy whose X-Forwarded-For is believed (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var heartbeat = new Option<double>("--heartbeat-interval") { Description = "Seconds between heartbeats (at most 5); offline after three missed", DefaultValueFactory = _ => 5 };
+        var publicUrl = new Option<string?>("--public-url") { Description = "URL daemons use to reach this controller, for deploy instructions" };
+        var replica = new Option<string?>("--replica-id") { Description = "Name of this replica among several on one PostgreSQL", Hidden = true };
+        var accessLifetime = new Option<double?>("--access-token-lifetime") { Description = "Seconds an access token stays valid", Hidden = true };
+        var certificateLifetime = new Option<double?>("--certificate-lifetime") { Description = "Seconds a daemon or device certificate stays valid", Hidden = true };
+        var command = new Command("controller", "Run the controller: admin API, daemon sessions and certificate authority.")
+        {
+            data, listen, database, tlsCert, tlsKey, trustedProxy, heartbeat, publicUrl, replica, accessLifetime, certificateLifetime,
+        };
+        command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
+        {
+            var options = new ControllerOptions
+            {
+                DataDirectory = parse.GetValue(data)!,
+                Listen = parse.GetValue(listen)!,
+                Database = parse.GetValue(database) ?? Env.Get("FERRY_DATABASE"),
+                TlsCertificatePath = parse.GetValue(tlsCert),
+                TlsKeyPath = parse.GetValue(tlsKey),
+                HeartbeatInterval = TimeSpan.FromSeconds(parse.GetValue(heartbeat)),
+                PublicUrl = parse.GetValue(publicUrl),
+            };
+            if (parse.GetValue(replica) is { } r)
+            {
+                options.ReplicaId = r;
+            }
+            if (parse.GetValue(accessLifetime) is { } lifetime)
+            {
+                options.AccessTokenLifetime = TimeSpan.FromSeconds(lifetime);
+            }
+            if (parse.GetValue(certificateLifetime) is { } certLifetime)
+            {
+                options.CertificateLifetime = TimeSpan.FromSeconds(certLifetime);
+            }
+            foreach (var proxy in parse.GetValue(trustedProxy) ?? [])
+            {
+                options.TrustedProxies.Add(proxy);
+            }
+            return await ControllerHost.RunAsync(options, Console.Out, ct);
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,3 @@
+using Ferry.Cli.Commands;
+
+return await FerryCommandLine.RunAsync(args);

@@ -1,0 +1,43 @@
+using System.Text.Json;
+
+namespace Ferry.IntegrationTests.Infrastructure;
+
+/// <summary>A relay and a connector (real processes) around a controller, one resource, and a service account granted it.</summary>
+public sealed class TestDeployment : IAsyncDisposable
+{
+    private TestDeployment(FerryProcess relay, FerryProcess connector, string serviceAccountKey, string directory)
+    {
+        Relay = relay;
+        Connector = connector;
+        ServiceAccountKey = serviceAccountKey;
+        Directory = directory;
+    }
+
+    public FerryProcess Relay { get; }
+    public FerryProcess Connector { get; }
+    public string ServiceAccountKey { get; }
+    public string Directory { get; }
+
+    /// <summary>Network "corp" with resource "svc" (<paramref name="address"/>, TCP <paramref name="tcpPorts"/>) granted to service account "app".</summary>
+    public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct)
+    {
+        var dir = System.IO.Directory.CreateTempSubdirectory("ferry-dp-").FullName;
+        var relayTokens = Path.Combine(dir, "relay.json");
+        await File.WriteAllTextAsync(relayTokens, await controller.AdminAsync("relay", "provision", "--name", "r1", "--json"), ct);
+        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+        await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
+        await controller.AdminAsync("network", "create", "corp");
+        await controller.AdminAsync("resource", "add", address, "--network", "corp", "--name", "svc", "--tcp", tcpPorts);
+        var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
+        await controller.AdminAsync("policy", "grant", "svc", "--service-account", "app");
+        var connector = controller.StartConnector(await controller.ProvisionAsync("corp", "c1", dir));
+        await controller.WaitForConnectorAsync("c1", v => v.State == "online" && v.Stun.Status == "ok", TimeSpan.FromSeconds(30), "online with STUN done");
+        return new TestDeployment(relay, connector, account.GetProperty("key").GetString()!, dir);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Connector.DisposeAsync();
+        await Relay.DisposeAsync();
+    }
+}

@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+
+namespace Ferry.NetworkTests.Infrastructure;
+
+/// <summary>
+/// Hosts and routers as Linux network namespaces joined by veth pairs, with NAT rules on the routers. Every name carries
+/// a random prefix, only addresses inside the namespaces are used, and everything is deleted on dispose, even after a failure.
+/// </summary>
+public sealed class NetworkLab : IAsyncDisposable
+{
+    private readonly List<string> _namespaces = [];
+    private readonly string _prefix = "fy" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(3));
+    private int _links;
+
+    /// <summary>Skips the calling test, saying why, where namespaces cannot be made.</summary>
+    public static void RequireAvailable()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            Assert.Skip("network tests need Linux network namespaces");
+        }
+        if (Environment.UserName != "root" && Environment.GetEnvironmentVariable("USER") != "root" && GetEuid() != 0)
+        {
+            Assert.Skip("network tests need root (ip netns, veth, iptables); CI runs them as root");
+        }
+        foreach (var tool in new[] { "ip", "iptables" })
+        {
+            if (!File.Exists($"/usr/sbin/{tool}") && !File.Exists($"/sbin/{tool}") && !File.Exists($"/usr/bin/{tool}"))
+            {
+                Assert.Skip($"network tests need '{tool}' (Debian packages iproute2 and iptables)");
+            }
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "geteuid")]
+#pragma warning disable CA5392, SYSLIB1054 // libc from the system directory; a one-off call.
+    private static extern uint GetEuid();
+#pragma warning restore CA5392, SYSLIB1054
+
+    /// <summary>Creates a namespace (a host or a router) with its loopback up; returns its full name.</summary>
+    public async Task<string> HostAsync(string role)
+    {
+        var name = $"{_prefix}-{role}";
+        await RunAsync("ip", "netns", "add", name);
+        _namespaces.Add(name);
+        await RunAsync("ip", "-n", name, "link", "set", "lo", "up");
+        return name;
+    }
+
+    /// <summary>Joins two namespaces with a veth pair and gives each end an address (CIDR form); returns the interface names.</summary>
+    public async Task<(string A, string B)> LinkAsync(string nsA, string addressA, string nsB, string addressB)
+    {
+        var n = Interlocked.Increment(ref _links);
+        var (ifA, ifB) = ($"{_prefix}a{n}", $"{_prefix}b{n}");
+        await RunAsync("ip", "link", "add", ifA, "netns", nsA, "type", "veth", "peer", "name", ifB, "netns", nsB);
+        await RunAsync("ip", "-n", nsA, "addr", "add", addressA, "dev", ifA);
+        await RunAsync("ip", "-n", nsB, "addr", "add", addressB, "dev", ifB);
+        await RunAsync("ip", "-n", nsA, "link", "set", ifA, "up");
+        await RunAsync("ip", "-n", nsB, "link", "set", ifB, "up");
+        return (ifA, ifB);
+    }
+
+    public Task DefaultRouteAsync(string ns, string via) => RunAsync("ip", "-n", ns, "route", "add", "default", "via", via);
+
+    /// <summary>
+    /// Makes <paramref name="router"/> a home-router NAT on <paramref name="wan"/>: plain MASQUERADE maps endpoint-independently,
+    /// --random-fully maps per destination (symmetric); unsolicited packets on the WAN side are dropped, as home routers do.
+    /// </summary>
+    public async Task NatAsync(string router, string wan, bool symmetric = false)
+    {
+        await RunAsync("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+        var masquerade = new List<string> { "netns", "exec", router, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE" };
+        if (symmetric)
+        {
+            masquerade.Add("--random-fully");
+        }
+        await RunAsync("ip", [.. masquerade]);
+        await RunAsync("ip", "netns", "exec", router, "iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP");
+    }
+
+    public static async Task RunAsync(string file, params string[] args)
+    {
+        var info = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(info)!;
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await process.WaitForExitAsync(timeout.Token);
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{file} {string.Join(' ', args)} failed ({process.ExitCode}): {await process.StandardError.ReadToEndAsync(timeout.Token)}");
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var ns in Enumerable.Reverse(_namespaces))
+        {
+            try
+            {
+                // Deleting a namespace removes its veth ends, routes and iptables rules with it.
+                await RunAsync("ip", "netns", "del", ns);
+            }
+            catch (InvalidOperationException)
+            {
+                // Already gone; nothing of ours is left in it.
+            }
+        }
+    }
+}
