@@ -26,6 +26,9 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     private volatile bool _connected;
     private volatile RelayInfo[] _relays = [];
     private volatile DataPlaneEndpoint? _dataPlane;
+    // Flows that start before the device certificate arrives wait on this rather than fail.
+    private readonly TaskCompletionSource<DataPlaneEndpoint> _dataPlaneReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource<QuicFlowOpener> _firstOpener = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>Opens flows to connectors; the local access servers (SOCKS5, HTTP CONNECT, forwards) use it.</summary>
     public QuicFlowOpener? Opener { get; private set; }
@@ -88,7 +91,8 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
                 // A new sign-in means a new device identity: connections made as the old one are closed, not leaked.
                 await Opener.DisposeAsync();
             }
-            Opener = new QuicFlowOpener(session, () => _dataPlane, _logger);
+            Opener = new QuicFlowOpener(session, ct => _dataPlaneReady.Task.WaitAsync(ct), _logger);
+            _firstOpener.TrySetResult(Opener);
             _session.OnWelcome = (_, _, _) =>
             {
                 _connected = true;
@@ -107,6 +111,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
                         // The data plane needs the device certificate: it starts with the first one.
                         _dataPlane = DataPlaneEndpoint.Create(new System.Net.IPEndPoint(System.Net.IPAddress.Any, 0), session.Certificate!,
                             System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(issued.CaPem), acceptConnections: false, _logger);
+                        _dataPlaneReady.TrySetResult(_dataPlane);
                         ApplyRelays(ct);
                         break;
                     case CertificateIssuedMessage when _dataPlane is { } renewed:
@@ -171,13 +176,14 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         }
     }
 
-    /// <summary>Hands flows to whichever session is current; before the first sign-in completes, flows are refused with the reason.</summary>
+    /// <summary>Hands flows to whichever session is current; the listeners bound the wait for the first one with their open timeout.</summary>
     private sealed class CurrentSessionOpener(ClientDaemon daemon) : IFlowOpener
     {
-        public Task<OpenedFlow> OpenAsync(ResourceGrant resource, Ferry.Core.Flows.FlowHeader header, CancellationToken cancellationToken)
-            => daemon.Opener is { } opener
-                ? opener.OpenAsync(resource, header, cancellationToken)
-                : Task.FromResult(OpenedFlow.Refused(Ferry.Core.Flows.FlowStatus.Unreachable, "the client is not signed in to the controller yet"));
+        public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, Ferry.Core.Flows.FlowHeader header, CancellationToken cancellationToken)
+        {
+            var opener = daemon.Opener ?? await daemon._firstOpener.Task.WaitAsync(cancellationToken);
+            return await opener.OpenAsync(resource, header, cancellationToken);
+        }
     }
 
     /// <summary>Connects to the relays and runs STUN from the data-plane socket.</summary>

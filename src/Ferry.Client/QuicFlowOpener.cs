@@ -9,7 +9,7 @@ using Microsoft.Extensions.Logging;
 namespace Ferry.Client;
 
 /// <summary>Opens flows as QUIC streams: one connection per connector (relayed, with a ticket from the controller), one stream per flow.</summary>
-public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func<DataPlaneEndpoint?> dataPlane, ILogger logger) : IFlowOpener, IAsyncDisposable
+public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func<CancellationToken, Task<DataPlaneEndpoint>> dataPlane, ILogger logger) : IFlowOpener, IAsyncDisposable
 {
     private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(20);
     private readonly ConcurrentDictionary<string, Lazy<Task<QuicConnection>>> _connections = new(StringComparer.Ordinal);
@@ -91,8 +91,16 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
 
     private async Task<QuicConnection> ConnectAsync(string connector)
     {
-        var plane = dataPlane() ?? throw new InvalidOperationException("the data plane is not ready (no device certificate yet)");
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        DataPlaneEndpoint plane;
+        try
+        {
+            plane = await dataPlane(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            throw new InvalidOperationException("the data plane is not ready: the controller has not issued this device's certificate within 30 s");
+        }
         // The relay forwards only for a pair the controller allowed; the controller hands the same ticket to the connector.
         var ticket = await session.RequestTicketAsync(connector, timeout.Token);
         await plane.BindTicketAsync(ticket.Ticket, timeout.Token);

@@ -15,6 +15,7 @@ namespace Ferry.Connector;
 /// </summary>
 public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory loggers)
 {
+    private static readonly TimeSpan TicketBindTimeout = TimeSpan.FromSeconds(30);
     private readonly ILogger _logger = loggers.CreateLogger<ConnectorDaemon>();
     private volatile AccessTable _access = AccessTable.Empty;
     private DataPlaneEndpoint? _dataPlane;
@@ -58,15 +59,9 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                     Log.AccessChanged(_logger, access.Resources.Length, access.Grants.Length);
                     RevokeWhatIsNoLongerAllowed();
                     break;
-                case TicketIssuedMessage ticket when _dataPlane is not null:
-                    try
-                    {
-                        await _dataPlane.BindTicketAsync(ticket.Ticket, sct);
-                    }
-                    catch (Exception e) when (e is Ferry.Relay.RelayException or InvalidOperationException)
-                    {
-                        Log.TicketFailed(_logger, ticket.Peer, e.Message);
-                    }
+                case TicketIssuedMessage ticket when _dataPlane is { } plane:
+                    // Off the message loop: a ticket that comes before the relay list waits for it, and the list comes through this loop.
+                    _ = Task.Run(() => BindTicketAsync(plane, ticket, sct), CancellationToken.None);
                     break;
                 case RelaysMessage relays when relays.Relays.Length > 0:
                     _relays = relays.Relays;
@@ -115,6 +110,28 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                 // Superseded by a newer list, or the session ended: the next one starts over.
             }
         }, CancellationToken.None);
+    }
+
+    private async Task BindTicketAsync(DataPlaneEndpoint plane, TicketIssuedMessage ticket, CancellationToken ct)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TicketBindTimeout);
+        try
+        {
+            await plane.BindTicketAsync(ticket.Ticket, timeout.Token);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            Log.TicketFailed(_logger, ticket.Peer, $"no relay list from the controller within {TicketBindTimeout.TotalSeconds:0} s");
+        }
+        catch (Exception e) when (e is Ferry.Relay.RelayException or InvalidOperationException or ObjectDisposedException)
+        {
+            Log.TicketFailed(_logger, ticket.Peer, e.Message);
+        }
+        catch (OperationCanceledException)
+        {
+            // The session ended; the client asks again on the next one.
+        }
     }
 
     /// <summary>Revocation reaches live flows: every flow is checked again against the new table, and closed when it no longer passes.</summary>

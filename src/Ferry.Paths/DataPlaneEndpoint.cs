@@ -23,6 +23,8 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly SemaphoreSlim _relayLock = new(1, 1);
     private RelayPool? _pool;
+    // Completes with the first relay list: a ticket that arrives before it waits instead of failing.
+    private readonly TaskCompletionSource _relaysKnown = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private string _relayKey = "";
     private Task? _pump;
 
@@ -114,6 +116,8 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
             _pool = endpoints.Length == 0 ? null : new RelayPool(new RelayPoolOptions { Relays = endpoints, Link = new RelayLinkOptions { ClientCertificate = Certificate, CaCertificate = Ca } }, _logger);
             if (_pool is not null)
             {
+                // The pool keeps tickets bound before its links are up and binds them as each link opens.
+                _relaysKnown.TrySetResult();
                 await _pool.StartAsync(ct);
                 foreach (var ticket in tickets)
                 {
@@ -134,10 +138,14 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         }
     }
 
-    /// <summary>Presents a ticket (naming this peer and another) to every relay, so packets between the two are forwarded.</summary>
+    /// <summary>
+    /// Presents a ticket (naming this peer and another) to every relay, so packets between the two are forwarded.
+    /// Before the first relay list arrives it waits for it, bounded by <paramref name="ct"/>.
+    /// </summary>
     public async Task BindTicketAsync(string ticket, CancellationToken ct)
     {
-        var pool = _pool ?? throw new InvalidOperationException("no relay is known yet");
+        await _relaysKnown.Task.WaitAsync(ct);
+        var pool = _pool ?? throw new InvalidOperationException("the controller lists no relay");
         await BindOnPoolAsync(pool, ticket, ct);
     }
 

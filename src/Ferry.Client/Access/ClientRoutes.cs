@@ -22,12 +22,20 @@ public sealed class ClientRoutes
 
     private volatile Snapshot _snapshot;
     private volatile bool _splitTunnel;
+    private readonly TaskCompletionSource _known = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public ClientRoutes(IEnumerable<ResourceGrant>? resources = null, bool splitTunnel = false)
     {
         _snapshot = Build(resources ?? []);
         _splitTunnel = splitTunnel;
+        if (resources is not null)
+        {
+            _known.TrySetResult();
+        }
     }
+
+    /// <summary>Completes once the grants are known (after sign-in); until then an empty table means "not yet", not "nothing".</summary>
+    public Task Known => _known.Task;
 
     /// <summary>When on, destinations no resource covers go directly from this device instead of being refused. Off by default.</summary>
     public bool SplitTunnel
@@ -46,6 +54,7 @@ public sealed class ClientRoutes
     {
         ArgumentNullException.ThrowIfNull(resources);
         _snapshot = Build(resources);
+        _known.TrySetResult();
     }
 
     /// <summary>Routes <paramref name="host"/>:<paramref name="port"/>: the most specific granted resource, else direct or refused.</summary>
