@@ -33,4 +33,13 @@ internal static partial class Log
 
     [LoggerMessage(112, LogLevel.Information, "Client {Identity} disconnected: {Reason}")]
     public static partial void ClientDisconnected(ILogger logger, string identity, string reason);
+
+    [LoggerMessage(114, LogLevel.Information, "Network {Network}: names resolve via {Dns}{Exit}")]
+    public static partial void NetworkSettings(ILogger logger, string network, string dns, string exit);
+
+    [LoggerMessage(115, LogLevel.Warning, "Network setting ignored: {Problem}")]
+    public static partial void NetworkSettingIgnored(ILogger logger, string problem);
+
+    [LoggerMessage(116, LogLevel.Information, "Device {Identity} revoked: closing its connection and flows")]
+    public static partial void DeviceRevoked(ILogger logger, string identity);
 }

@@ -16,11 +16,16 @@ namespace Ferry.Connector;
 public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory loggers)
 {
     private static readonly TimeSpan TicketBindTimeout = TimeSpan.FromSeconds(30);
+    // QUIC application close code telling the client its device was removed.
+    private const long DeviceRevokedCode = 3;
     private readonly ILogger _logger = loggers.CreateLogger<ConnectorDaemon>();
     private volatile AccessTable _access = AccessTable.Empty;
     private DataPlaneEndpoint? _dataPlane;
     private RelayInfo[] _relays = [];
     private readonly System.Collections.Concurrent.ConcurrentDictionary<LiveFlow, byte> _live = new();
+    // Client connections by device identity, so a removed device's connection can be closed at once.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<QuicConnection, string> _connections = new();
+    private volatile IReadOnlySet<string> _revokedDevices = new HashSet<string>(StringComparer.Ordinal);
 
     /// <summary>A flow in progress: whose it is, where it goes (once admitted), and how to end it.</summary>
     private sealed class LiveFlow(string owner, CancellationTokenSource cancel)
@@ -35,7 +40,7 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         var clock = options.ClockSkew == TimeSpan.Zero ? TimeProvider.System : new SkewedTimeProvider(options.ClockSkew);
         var loop = new DaemonSessionLoop(options.Controller, options.Trust, options.TokensPath, clock, _logger);
         Log.Starting(_logger, loop.Tokens.Name ?? "?", loop.Tokens.Id, options.Controller, options.Trust.Description);
-        INameResolver resolver = options.DnsServer is { } dns ? new DnsServerResolver(dns) : new SystemNameResolver();
+        var resolver = new NetworkNameResolver(options.DnsServer);
         var flows = new FlowHandler(resolver, new FlowHandlerOptions(), loggers.CreateLogger<FlowHandler>());
         CancellationTokenSource? discovery = null;
         loop.OnMessage = async (message, socket, sct) =>
@@ -56,7 +61,9 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                     break;
                 case AccessMessage access:
                     _access = ToTable(access);
+                    _revokedDevices = new HashSet<string>(access.RevokedDevices ?? [], StringComparer.Ordinal);
                     Log.AccessChanged(_logger, access.Resources.Length, access.Grants.Length);
+                    ApplyNetworkSettings(access.Network, resolver);
                     RevokeWhatIsNoLongerAllowed();
                     break;
                 case TicketIssuedMessage ticket when _dataPlane is { } plane:
@@ -134,9 +141,41 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         }
     }
 
-    /// <summary>Revocation reaches live flows: every flow is checked again against the new table, and closed when it no longer passes.</summary>
+    private NetworkSettings? _network;
+
+    private void ApplyNetworkSettings(NetworkSettings? network, NetworkNameResolver resolver)
+    {
+        if (network is null || network == _network)
+        {
+            return;
+        }
+        _network = network;
+        if (!resolver.UseNetworkServer(network.DnsServer, out var problem))
+        {
+            Log.NetworkSettingIgnored(_logger, problem);
+        }
+        var via = resolver.Server is { } server
+            ? $"DNS server {server}{(options.DnsServer is not null ? " (--dns-server)" : "")}"
+            : "the connector host's resolver";
+        Log.NetworkSettings(_logger, network.Name, via, network.Exit ? "; exit network: public destinations allowed" : "");
+    }
+
+    /// <summary>
+    /// Revocation reaches live flows: every flow is checked again against the new table, and closed when it no longer passes;
+    /// a removed device loses its whole connection.
+    /// </summary>
     private void RevokeWhatIsNoLongerAllowed()
     {
+        var revoked = _revokedDevices;
+        foreach (var (connection, identity) in _connections)
+        {
+            if (revoked.Contains(identity))
+            {
+                Log.DeviceRevoked(_logger, identity);
+                _connections.TryRemove(connection, out _);
+                _ = connection.CloseAsync(DeviceRevokedCode, "device removed").AsTask();
+            }
+        }
         var table = _access;
         foreach (var flow in _live.Keys)
         {
@@ -191,7 +230,15 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
             await connection.CloseAsync(1, "not a client device");
             return;
         }
-        Log.ClientConnected(_logger, connection.RemoteIdentity ?? "?", owner);
+        var device = connection.RemoteIdentity ?? "?";
+        if (_revokedDevices.Contains(device))
+        {
+            Log.HandshakeFailed(_logger, $"{device} was removed by an administrator");
+            await connection.CloseAsync(DeviceRevokedCode, "device removed");
+            return;
+        }
+        _connections[connection] = device;
+        Log.ClientConnected(_logger, device, owner);
         while (!ct.IsCancellationRequested)
         {
             QuicStream stream;
@@ -202,6 +249,7 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
             catch (Exception e) when (e is QuicException or OperationCanceledException or ObjectDisposedException)
             {
                 Log.ClientDisconnected(_logger, connection.RemoteIdentity ?? "?", e.Message);
+                _connections.TryRemove(connection, out _);
                 return;
             }
             _ = Task.Run(async () =>

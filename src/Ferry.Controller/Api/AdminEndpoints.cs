@@ -37,6 +37,7 @@ public static partial class AdminEndpoints
         api.MapGet("/networks", async (ControllerStore store, CancellationToken ct) => (await store.ListNetworksAsync(ct)).Select(ToView));
         api.MapGet("/networks/{network}", async (string network, ControllerStore store, CancellationToken ct) => ToView(await RequireNetworkAsync(store, network, ct)));
         api.MapPost("/networks", CreateNetworkAsync);
+        api.MapPatch("/networks/{network}", UpdateNetworkAsync);
         api.MapDelete("/networks/{network}", DeleteNetworkAsync);
 
         api.MapGet("/connectors", ListConnectorsAsync);
@@ -67,6 +68,9 @@ public static partial class AdminEndpoints
         api.MapPost("/service-accounts", CreateServiceAccountAsync);
         api.MapDelete("/service-accounts/{account}", RemoveServiceAccountAsync);
 
+        api.MapGet("/devices", ListDevicesAsync);
+        api.MapDelete("/devices/{device}", RemoveDeviceAsync);
+
         api.MapGet("/policies", async (ControllerStore store, CancellationToken ct) => (await store.ListPoliciesAsync(ct)).Select(ToView));
         api.MapPost("/policies", GrantAsync);
         api.MapDelete("/policies/{policy}", RevokeAsync);
@@ -92,6 +96,31 @@ public static partial class AdminEndpoints
         await UniqueAsync(() => store.InsertNetworkAsync(row, ct), $"a network named '{name}' exists already");
         await AuditAsync(http, store, time, "network.create", name, ct);
         return Results.Created($"/api/v1/networks/{row.Id}", ToView(row));
+    }
+
+    /// <summary>Changes the DNS server or exit flag; connectors of the network apply it from the next access push, without a restart.</summary>
+    private static async Task<IResult> UpdateNetworkAsync(string network, NetworkUpdateRequest request, ControllerStore store, SessionRegistry sessions, TimeProvider time, HttpContext http, CancellationToken ct)
+    {
+        var row = await RequireNetworkAsync(store, network, ct);
+        var dns = request.DnsServer is null ? row.DnsServer : NullIfEmpty(request.DnsServer);
+        if (dns is not null && !IPEndPoint.TryParse(dns, out _))
+        {
+            throw ApiException.BadRequest($"DNS server '{dns}' is not an IP address or IP:port");
+        }
+        var exit = request.Exit ?? row.IsExit != 0;
+        if (!exit && row.IsExit != 0)
+        {
+            var publicResources = (await store.ListResourcesAsync(row.Id, ct))
+                .Where(r => ResourceAddress.TryParse(r.Address, out var a, out _) && a.IsPublic).Select(r => r.Name).ToArray();
+            if (publicResources.Length > 0)
+            {
+                throw ApiException.Conflict($"network '{row.Name}' holds public resources ({string.Join(", ", publicResources)}); remove them before it stops being an exit network");
+            }
+        }
+        await store.UpdateNetworkAsync(row.Id, dns, exit, ct);
+        await AuditAsync(http, store, time, "network.update", $"{row.Name} dns={dns ?? "host"} exit={(exit ? "yes" : "no")}", ct);
+        sessions.NotifyPolicyChanged();
+        return Results.Ok(ToView(await RequireNetworkAsync(store, row.Id, ct)));
     }
 
     private static async Task<IResult> DeleteNetworkAsync(string network, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
@@ -244,6 +273,11 @@ public static partial class AdminEndpoints
         {
             throw ApiException.BadRequest(error);
         }
+        if (address.IsPublic && network.IsExit == 0)
+        {
+            throw ApiException.BadRequest($"{address.Canonical} is a public address, and network '{network.Name}' is not an exit network: " +
+                "give the private address the connector reaches, or put the resource in an exit network ('ferry admin network create NAME --exit')");
+        }
         if (!PortSet.TryParse(request.Tcp, out var tcp, out error) || !PortSet.TryParse(request.Udp, out var udp, out error))
         {
             throw ApiException.BadRequest(error);
@@ -318,10 +352,10 @@ public static partial class AdminEndpoints
         return Results.Created($"/api/v1/users/{row.Id}", new UserView(row.Id, row.Name, [], Time(row.CreatedAt)));
     }
 
-    private static async Task<IResult> RemoveUserAsync(string user, ControllerStore store, SessionRegistry sessions, TimeProvider time, HttpContext http, CancellationToken ct)
+    private static async Task<IResult> RemoveUserAsync(string user, ControllerStore store, SessionRegistry sessions, ControllerOptions options, TimeProvider time, HttpContext http, CancellationToken ct)
     {
         var row = await store.FindUserAsync(user, ct) ?? throw ApiException.NotFound("user", user);
-        await store.DeleteUserAsync(row.Id, ct);
+        await store.DeleteUserAsync(row.Id, Now(time), RevokedUntil(options, time), ct);
         await AuditAsync(http, store, time, "user.remove", row.Name, ct);
         sessions.NotifyPolicyChanged();
         return Results.NoContent();
@@ -398,14 +432,37 @@ public static partial class AdminEndpoints
         return Results.Created($"/api/v1/service-accounts/{row.Id}", new ServiceAccountCreated(new ServiceAccountView(row.Id, row.Name, Time(row.CreatedAt)), key));
     }
 
-    private static async Task<IResult> RemoveServiceAccountAsync(string account, ControllerStore store, SessionRegistry sessions, TimeProvider time, HttpContext http, CancellationToken ct)
+    private static async Task<IResult> RemoveServiceAccountAsync(string account, ControllerStore store, SessionRegistry sessions, ControllerOptions options, TimeProvider time, HttpContext http, CancellationToken ct)
     {
         var row = await store.FindServiceAccountAsync(account, ct) ?? throw ApiException.NotFound("service account", account);
-        await store.DeleteServiceAccountAsync(row.Id, ct);
+        await store.DeleteServiceAccountAsync(row.Id, Now(time), RevokedUntil(options, time), ct);
         await AuditAsync(http, store, time, "service-account.remove", row.Name, ct);
         sessions.NotifyPolicyChanged();
         return Results.NoContent();
     }
+
+    // ---- devices
+
+    private static async Task<IResult> ListDevicesAsync(ControllerStore store, SessionRegistry sessions, CancellationToken ct)
+        => Results.Ok((await store.ListDevicesAsync(ct)).Select(d => new DeviceView(
+            d.Id, d.Name, d.OwnerKind, d.OwnerName ?? d.OwnerId, sessions.IsOnline(new PeerIdentity(PeerIdentity.Device, d.Id).ToString()), Time(d.CreatedAt), Time(d.TokenExpiresAt))));
+
+    /// <summary>Removes a device: its token stops working, its session ends, and connectors close its flows and refuse its certificate.</summary>
+    private static async Task<IResult> RemoveDeviceAsync(string device, ControllerStore store, SessionRegistry sessions, ControllerOptions options, TimeProvider time, HttpContext http, CancellationToken ct)
+    {
+        if (!await store.DeleteDeviceAsync(device, Now(time), RevokedUntil(options, time), ct))
+        {
+            throw ApiException.NotFound("device", device);
+        }
+        await AuditAsync(http, store, time, "device.remove", device, ct);
+        sessions.NotifyPolicyChanged();
+        await sessions.DisconnectAsync(new PeerIdentity(PeerIdentity.Device, device).ToString(), "device removed by an administrator");
+        return Results.NoContent();
+    }
+
+    // A removed device's certificate is refused until it would have expired anyway (plus the clock tolerance).
+    private static long RevokedUntil(ControllerOptions options, TimeProvider time)
+        => time.GetUtcNow().Add(options.CertificateLifetime).AddMinutes(5).ToUnixTimeMilliseconds();
 
     // ---- policies
 

@@ -29,8 +29,12 @@ public sealed class PolicyEvaluator(ControllerStore store, Tokens.TokenService t
     {
         var resources = await store.ListResourcesAsync(networkId, ct);
         var grants = await store.ListNetworkGrantsAsync(networkId, ct);
+        var revoked = await store.ListRevokedDevicesAsync(time.GetUtcNow().ToUnixTimeMilliseconds(), ct);
+        var network = await store.FindNetworkAsync(networkId, ct);
         return new AccessMessage(
             [.. resources.Select(r => new ResourceGrant(r.Id, r.Name, r.NetworkName, r.Address, r.Tcp, r.Udp))],
-            [.. grants.GroupBy(g => g.Owner).OrderBy(g => g.Key, StringComparer.Ordinal).Select(g => new OwnerGrants(g.Key, [.. g.Select(x => x.ResourceId).Distinct().Order(StringComparer.Ordinal)]))]);
+            [.. grants.GroupBy(g => g.Owner).OrderBy(g => g.Key, StringComparer.Ordinal).Select(g => new OwnerGrants(g.Key, [.. g.Select(x => x.ResourceId).Distinct().Order(StringComparer.Ordinal)]))],
+            [.. revoked],
+            network is null ? null : new NetworkSettings(network.Name, network.DnsServer, network.IsExit != 0));
     }
 }

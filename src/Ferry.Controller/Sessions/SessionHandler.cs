@@ -260,6 +260,13 @@ public sealed class SessionHandler(
         var reason = "session closed by the client";
         Func<SessionMessage, Task> sendToPeer = message => socket.SendAsync(message, ct);
         registry.AddPeer(identity.ToString(), sendToPeer);
+        string? closedBy = null;
+        Func<string, Task> close = why =>
+        {
+            closedBy = why;
+            return socket.CloseAsync(WebSocketCloseStatus.PolicyViolation, why, CancellationToken.None);
+        };
+        registry.AddCloser(identity.ToString(), close);
         var requester = new TicketService.Requester(identity, device.OwnerKind, device.OwnerId);
         try
         {
@@ -286,9 +293,10 @@ public sealed class SessionHandler(
         finally
         {
             registry.RemovePeer(identity.ToString(), sendToPeer);
+            registry.RemoveCloser(identity.ToString(), close);
             registry.RemovePolicyListener(sessionId);
             registry.RemoveRelayListener(sessionId);
-            Log.ClientOffline(logger, identity.ToString(), reason);
+            Log.ClientOffline(logger, identity.ToString(), closedBy ?? reason);
         }
     }
 

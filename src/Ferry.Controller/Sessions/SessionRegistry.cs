@@ -9,13 +9,38 @@ public sealed class SessionRegistry
     private readonly ConcurrentDictionary<string, Func<Task>> _relayListeners = new();
 
     private readonly ConcurrentDictionary<string, Func<Core.ControlPlane.SessionMessage, Task>> _byIdentity = new();
-
+    private readonly ConcurrentDictionary<string, Func<string, Task>> _closers = new();
 
     /// <summary>Lets other sessions send to this identity (a relay ticket for both ends of a pair).</summary>
     public void AddPeer(string identity, Func<Core.ControlPlane.SessionMessage, Task> send) => _byIdentity[identity] = send;
 
     public void RemovePeer(string identity, Func<Core.ControlPlane.SessionMessage, Task> send)
         => _byIdentity.TryRemove(new KeyValuePair<string, Func<Core.ControlPlane.SessionMessage, Task>>(identity, send));
+
+    /// <summary>Lets an admin action end this identity's session (a removed device), with the reason the peer is told.</summary>
+    public void AddCloser(string identity, Func<string, Task> close) => _closers[identity] = close;
+
+    public void RemoveCloser(string identity, Func<string, Task> close)
+        => _closers.TryRemove(new KeyValuePair<string, Func<string, Task>>(identity, close));
+
+    /// <summary>Whether this replica holds a session for <paramref name="identity"/> now.</summary>
+    public bool IsOnline(string identity) => _byIdentity.ContainsKey(identity);
+
+    /// <summary>Ends the session of <paramref name="identity"/> if this replica holds it.</summary>
+    public async Task DisconnectAsync(string identity, string reason)
+    {
+        if (_closers.TryGetValue(identity, out var close))
+        {
+            try
+            {
+                await close(reason);
+            }
+            catch (Exception e) when (e is System.Net.WebSockets.WebSocketException or IOException or OperationCanceledException or ObjectDisposedException)
+            {
+                // Already ending.
+            }
+        }
+    }
 
     /// <summary>Sends to the session of <paramref name="identity"/> if this replica holds it; false otherwise.</summary>
     public async Task<bool> TrySendAsync(string identity, Core.ControlPlane.SessionMessage message)

@@ -82,6 +82,12 @@ public sealed class ControllerStore(Database database)
     public async Task<NetworkRow?> FindNetworkAsync(string nameOrId, CancellationToken ct)
         => (await ListNetworksAsync(ct)).FirstOrDefault(n => n.Id == nameOrId || n.Name == nameOrId);
 
+    public async Task UpdateNetworkAsync(string id, string? dnsServer, bool isExit, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync("UPDATE networks SET dns_server = @dnsServer, is_exit = @exit WHERE id = @id", new { id, dnsServer, exit = isExit ? 1 : 0 });
+    }
+
     public async Task DeleteNetworkAsync(string id, CancellationToken ct)
     {
         await using var c = await OpenAsync(ct);
@@ -326,12 +332,13 @@ public sealed class ControllerStore(Database database)
         return await c.QuerySingleOrDefaultAsync<UserRow>("SELECT * FROM users WHERE id = @nameOrId OR name = @nameOrId", new { nameOrId });
     }
 
-    public async Task DeleteUserAsync(string id, CancellationToken ct)
+    /// <summary>Removes a user with its memberships; its devices are removed and revoked until <paramref name="until"/> (their certificates' last possible expiry).</summary>
+    public async Task DeleteUserAsync(string id, long revokedAt, long until, CancellationToken ct)
     {
         await InTransactionAsync(async (c, tx) =>
         {
             await c.ExecuteAsync("DELETE FROM group_members WHERE user_id = @id", new { id }, tx);
-            await c.ExecuteAsync("DELETE FROM devices WHERE owner_id = @id", new { id }, tx);
+            await RevokeDevicesAsync(c, tx, "owner_id = @id", new { id, revokedAt, until });
             await c.ExecuteAsync("DELETE FROM users WHERE id = @id", new { id }, tx);
             return 0;
         }, ct);
@@ -414,12 +421,13 @@ public sealed class ControllerStore(Database database)
         return await c.QuerySingleOrDefaultAsync<ServiceAccountRow>("SELECT * FROM service_accounts WHERE key_hash = @keyHash", new { keyHash });
     }
 
-    public async Task DeleteServiceAccountAsync(string id, CancellationToken ct)
+    /// <summary>Removes a service account with its policies; its devices are removed and revoked until <paramref name="until"/>.</summary>
+    public async Task DeleteServiceAccountAsync(string id, long revokedAt, long until, CancellationToken ct)
     {
         await InTransactionAsync(async (c, tx) =>
         {
             await c.ExecuteAsync("DELETE FROM policies WHERE service_account_id = @id", new { id }, tx);
-            await c.ExecuteAsync("DELETE FROM devices WHERE owner_id = @id", new { id }, tx);
+            await RevokeDevicesAsync(c, tx, "owner_id = @id", new { id, revokedAt, until });
             await c.ExecuteAsync("DELETE FROM service_accounts WHERE id = @id", new { id }, tx);
             return 0;
         }, ct);
@@ -499,6 +507,41 @@ public sealed class ControllerStore(Database database)
     {
         await using var c = await OpenAsync(ct);
         return await c.QuerySingleOrDefaultAsync<DeviceRow>("SELECT * FROM devices WHERE token_hash = @tokenHash", new { tokenHash });
+    }
+
+    /// <summary>Devices with their owners' names, newest first.</summary>
+    public async Task<List<DeviceListRow>> ListDevicesAsync(CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return (await c.QueryAsync<DeviceListRow>("""
+            SELECT d.id, d.name, d.owner_kind, d.owner_id, COALESCE(u.name, s.name) AS owner_name, d.token_expires_at, d.created_at
+            FROM devices d
+            LEFT JOIN users u ON d.owner_kind = 'user' AND u.id = d.owner_id
+            LEFT JOIN service_accounts s ON d.owner_kind = 'service-account' AND s.id = d.owner_id
+            ORDER BY d.created_at DESC, d.id
+            """)).AsList();
+    }
+
+    /// <summary>Removes a device (its token stops working) and revokes its identity until <paramref name="until"/>; false when there was no such device.</summary>
+    public async Task<bool> DeleteDeviceAsync(string id, long revokedAt, long until, CancellationToken ct)
+        => await InTransactionAsync(async (c, tx) => await RevokeDevicesAsync(c, tx, "id = @id", new { id, revokedAt, until }) > 0, ct);
+
+    private static async Task<int> RevokeDevicesAsync(DbConnection c, DbTransaction tx, string where, object args)
+    {
+        // Recorded before the rows go, so a certificate issued to the device is refused by connectors until it expires.
+        await c.ExecuteAsync($"""
+            INSERT INTO revoked_devices (id, revoked_at, until)
+            SELECT id, @revokedAt, @until FROM devices WHERE {where}
+            ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at, until = excluded.until
+            """, args, tx);
+        return await c.ExecuteAsync($"DELETE FROM devices WHERE {where}", args, tx);
+    }
+
+    /// <summary>Identities ("device/dv_…") of removed devices whose certificates may still be valid at <paramref name="now"/>.</summary>
+    public async Task<List<string>> ListRevokedDevicesAsync(long now, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return (await c.QueryAsync<string>("SELECT 'device/' || id FROM revoked_devices WHERE until > @now ORDER BY id", new { now })).AsList();
     }
 
     // ---- audit

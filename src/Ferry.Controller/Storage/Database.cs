@@ -201,6 +201,10 @@ public sealed class Database : IAsyncDisposable
             token_hash TEXT NOT NULL UNIQUE,
             token_expires_at BIGINT NOT NULL,
             created_at BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS revoked_devices (
+            id TEXT PRIMARY KEY,
+            revoked_at BIGINT NOT NULL,
+            until BIGINT NOT NULL);
         CREATE TABLE IF NOT EXISTS audit (
             id {AUTOID},
             at BIGINT NOT NULL,

@@ -152,6 +152,18 @@ public sealed class DeviceRow
     public long CreatedAt { get; set; }
 }
 
+/// <summary>A device with its owner's name, as the admin API lists it.</summary>
+public sealed class DeviceListRow
+{
+    public string Id { get; set; } = "";
+    public string Name { get; set; } = "";
+    public string OwnerKind { get; set; } = "";
+    public string OwnerId { get; set; } = "";
+    public string? OwnerName { get; set; }
+    public long TokenExpiresAt { get; set; }
+    public long CreatedAt { get; set; }
+}
+
 /// <summary>An audit log row.</summary>
 public sealed class AuditRow
 {

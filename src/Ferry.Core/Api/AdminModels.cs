@@ -8,6 +8,9 @@ namespace Ferry.Core.Api;
 /// <summary>Body of POST /api/v1/networks.</summary>
 public sealed record NetworkCreateRequest(string Name, string? DnsServer = null, bool Exit = false);
 
+/// <summary>Changes a network's settings; a null field stays as it is, an empty DNS server clears it.</summary>
+public sealed record NetworkUpdateRequest(string? DnsServer = null, bool? Exit = null);
+
 /// <summary>A remote network as the admin API shows it.</summary>
 public sealed record NetworkView(string Id, string Name, string? DnsServer, bool Exit, int Connectors, int Resources, DateTimeOffset CreatedAt);
 
@@ -82,6 +85,9 @@ public sealed record ServiceAccountCreateRequest(string Name);
 
 /// <summary>A service account (a headless client identity).</summary>
 public sealed record ServiceAccountView(string Id, string Name, DateTimeOffset CreatedAt);
+
+/// <summary>A signed-in client device: whose it is and whether it holds a session now.</summary>
+public sealed record DeviceView(string Id, string Name, string OwnerKind, string Owner, bool Online, DateTimeOffset CreatedAt, DateTimeOffset SessionExpiresAt);
 
 /// <summary>A new service account with its key, which is shown this once and stored only as a hash.</summary>
 public sealed record ServiceAccountCreated(ServiceAccountView Account, string Key);

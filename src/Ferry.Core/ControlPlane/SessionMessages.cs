@@ -109,8 +109,16 @@ public sealed record TicketRequestMessage(string Peer) : SessionMessage;
 /// <summary>Controller → both named peers: a signed relay ticket; relays forward only between the two ends it names.</summary>
 public sealed record TicketIssuedMessage(string Peer, string Ticket, DateTimeOffset NotAfter) : SessionMessage;
 
-/// <summary>Controller → connector: the resources of its network and which owners (users, service accounts) may use which; replaced whole on every change.</summary>
-public sealed record AccessMessage(ResourceGrant[] Resources, OwnerGrants[] Grants) : SessionMessage;
+/// <summary>
+/// Controller → connector: the resources of its network and which owners (users, service accounts) may use which; replaced
+/// whole on every change. <paramref name="RevokedDevices"/> names removed devices ("device/dv_…") whose certificates have not
+/// expired yet, so their connections are closed even though their owner keeps its grants. <paramref name="Network"/> carries
+/// the network's settings the connector applies.
+/// </summary>
+public sealed record AccessMessage(ResourceGrant[] Resources, OwnerGrants[] Grants, string[]? RevokedDevices = null, NetworkSettings? Network = null) : SessionMessage;
+
+/// <summary>A remote network's settings as its connectors apply them: the DNS server that resolves resource names (null: the connector host's own), and whether it is an exit network.</summary>
+public sealed record NetworkSettings(string Name, string? DnsServer, bool Exit);
 
 /// <summary>The resources one owner ("user/us_…" or "service-account/sa_…") is granted.</summary>
 public sealed record OwnerGrants(string Owner, string[] ResourceIds);

@@ -6,7 +6,7 @@ namespace Ferry.Core.Flows;
 public static class SpecialAddresses
 {
     // Most specific first, so the metadata service is named as such rather than as link-local.
-    private static readonly Block[] Blocks =
+    private static readonly AddressBlock[] Blocks =
     [
         new(IPAddress.Parse("169.254.169.254"), 32, "the cloud metadata service"),
         new(IPAddress.Parse("fd00:ec2::254"), 128, "the cloud metadata service"),
@@ -54,29 +54,69 @@ public static class SpecialAddresses
     }
 
     internal static IPAddress Normalise(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
+}
 
-    private sealed record Block(IPAddress Network, int Prefix, string Description)
+/// <summary>An address range with a description for messages.</summary>
+internal sealed record AddressBlock(IPAddress Network, int Prefix, string Description)
+{
+    public bool Contains(IPAddress ip)
     {
-        public bool Contains(IPAddress ip)
+        if (ip.AddressFamily != Network.AddressFamily)
         {
-            if (ip.AddressFamily != Network.AddressFamily)
+            return false;
+        }
+        Span<byte> a = stackalloc byte[16];
+        Span<byte> n = stackalloc byte[16];
+        ip.TryWriteBytes(a, out var length);
+        Network.TryWriteBytes(n, out _);
+        for (var i = 0; i < length; i++)
+        {
+            var bits = Math.Clamp(Prefix - (i * 8), 0, 8);
+            var mask = (byte)(0xFF << (8 - bits));
+            if ((a[i] & mask) != (n[i] & mask))
             {
                 return false;
             }
-            Span<byte> a = stackalloc byte[16];
-            Span<byte> n = stackalloc byte[16];
-            ip.TryWriteBytes(a, out var length);
-            Network.TryWriteBytes(n, out _);
-            for (var i = 0; i < length; i++)
-            {
-                var bits = Math.Clamp(Prefix - (i * 8), 0, 8);
-                var mask = (byte)(0xFF << (8 - bits));
-                if ((a[i] & mask) != (n[i] & mask))
-                {
-                    return false;
-                }
-            }
-            return true;
         }
+        return true;
+    }
+}
+
+/// <summary>
+/// Which destinations count as public: everything outside the private-use ranges (RFC 1918, RFC 6598 shared space, unique
+/// local IPv6) and the host-local ones. Only connectors of an exit network reach public destinations.
+/// </summary>
+public static class PublicAddresses
+{
+    private static readonly AddressBlock[] NonPublic =
+    [
+        new(IPAddress.Parse("10.0.0.0"), 8, "private"),
+        new(IPAddress.Parse("172.16.0.0"), 12, "private"),
+        new(IPAddress.Parse("192.168.0.0"), 16, "private"),
+        new(IPAddress.Parse("100.64.0.0"), 10, "shared address space"),
+        new(IPAddress.Parse("127.0.0.0"), 8, "loopback"),
+        new(IPAddress.Parse("169.254.0.0"), 16, "link-local"),
+        new(IPAddress.Parse("0.0.0.0"), 8, "this host"),
+        new(IPAddress.Parse("fc00::"), 7, "unique local"),
+        new(IPAddress.Parse("fe80::"), 10, "link-local"),
+        new(IPAddress.IPv6Loopback, 128, "loopback"),
+        new(IPAddress.IPv6Any, 128, "this host"),
+    ];
+
+    /// <summary>Whether <paramref name="address"/> lies outside every private and host-local range.</summary>
+    public static bool IsPublic(IPAddress address)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        var ip = SpecialAddresses.Normalise(address);
+        return !Array.Exists(NonPublic, b => b.Contains(ip));
+    }
+
+    /// <summary>Whether any address of the range <paramref name="network"/>/<paramref name="prefix"/> is public.</summary>
+    public static bool ReachesPublic(IPAddress network, int prefix)
+    {
+        ArgumentNullException.ThrowIfNull(network);
+        var net = SpecialAddresses.Normalise(network);
+        // A range is private only when it lies wholly inside one non-public block.
+        return !Array.Exists(NonPublic, b => prefix >= b.Prefix && b.Contains(net));
     }
 }

@@ -30,6 +30,9 @@ public sealed class ResourceAddress
 
     public ResourceAddressKind Kind { get; }
 
+    /// <summary>True for an IP or CIDR that reaches a public address; only an exit network may hold such a resource. Names are judged when the connector resolves them.</summary>
+    public bool IsPublic => _network is not null && Ferry.Core.Flows.PublicAddresses.ReachesPublic(_network, _prefixLength);
+
     /// <summary>The normalised text: lower-case names, CIDRs with host bits cleared.</summary>
     public string Canonical { get; }
 

@@ -24,6 +24,7 @@ internal static class AdminCommand
         admin.Subcommands.Add(Groups());
         admin.Subcommands.Add(Users());
         admin.Subcommands.Add(ServiceAccounts());
+        admin.Subcommands.Add(Devices());
         admin.Subcommands.Add(Policies());
         admin.Subcommands.Add(Audit());
         return admin;
@@ -39,6 +40,19 @@ internal static class AdminCommand
             Print(p, await c.PostAsync<NetworkView>("/api/v1/networks", new NetworkCreateRequest(p.GetValue(name)!, p.GetValue(dns), p.GetValue(exit)), ct), NetworkRows)));
         group.Subcommands.Add(Action(new Command("list", "List remote networks."), async (p, c, ct) =>
             Print(p, await c.GetAsync<NetworkView[]>("/api/v1/networks", ct), NetworkRows)));
+        var setName = new Argument<string>("network") { Description = "Network name or id" };
+        var setDns = new Option<string?>("--dns-server") { Description = "DNS server (IP[:port]) for resource names; 'none' to use each connector host's resolver" };
+        var setExit = new Option<bool?>("--exit") { Description = "true: an exit network (public destinations allowed); false: private destinations only" };
+        group.Subcommands.Add(Action(new Command("set", "Change a remote network's DNS server or exit flag; its connectors apply it at once.") { setName, setDns, setExit }, async (p, c, ct) =>
+        {
+            var dnsValue = p.GetValue(setDns);
+            if (dnsValue is null && p.GetValue(setExit) is null)
+            {
+                throw new CliException("nothing to change: give --dns-server or --exit", 2);
+            }
+            var request = new NetworkUpdateRequest(string.Equals(dnsValue, "none", StringComparison.OrdinalIgnoreCase) ? "" : dnsValue, p.GetValue(setExit));
+            return Print(p, await c.PatchAsync<NetworkView>($"/api/v1/networks/{Esc(p.GetValue(setName))}", request, ct), NetworkRows);
+        }));
         var showName = new Argument<string>("network") { Description = "Network name or id" };
         group.Subcommands.Add(Action(new Command("show", "Show a remote network.") { showName }, async (p, c, ct) =>
             Print(p, await c.GetAsync<NetworkView>($"/api/v1/networks/{Esc(p.GetValue(showName))}", ct), NetworkRows)));
@@ -269,6 +283,24 @@ internal static class AdminCommand
         {
             await c.DeleteAsync($"/api/v1/service-accounts/{Esc(p.GetValue(removeName))}", ct);
             return Done(p, $"service account '{p.GetValue(removeName)}' removed");
+        }));
+        return group;
+    }
+
+    private static Command Devices()
+    {
+        var group = new Command("device", "Devices: the clients that signed in, one per machine and owner.");
+        group.Subcommands.Add(Action(new Command("list", "List signed-in devices, their owners and whether they are online."), async (p, c, ct) =>
+        {
+            var all = await c.GetAsync<DeviceView[]>("/api/v1/devices", ct);
+            return Emit(p, all, () => Output.Table(["ID", "NAME", "OWNER", "ONLINE", "SESSION EXPIRES"],
+                all.Select(d => new[] { d.Id, d.Name, $"{d.OwnerKind} {d.Owner}", d.Online ? "yes" : "no", d.SessionExpiresAt.ToString("u", System.Globalization.CultureInfo.InvariantCulture) })));
+        }));
+        var id = new Argument<string>("device") { Description = "Device id (dv_…, see 'ferry admin device list')" };
+        group.Subcommands.Add(Action(new Command("remove", "Remove a device: its session ends, its live flows close and its certificate is refused. Its owner can sign in again; remove the user or service account to stop that.") { id }, async (p, c, ct) =>
+        {
+            await c.DeleteAsync($"/api/v1/devices/{Esc(p.GetValue(id))}", ct);
+            return Done(p, $"device '{p.GetValue(id)}' removed");
         }));
         return group;
     }
