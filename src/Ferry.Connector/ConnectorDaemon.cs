@@ -194,7 +194,8 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         // An empty identity matches no certificate: it only makes ungranted resources known to the table.
         var entries = access.Resources.Select(r => new AccessEntry("", r))
             .Concat(access.Grants.SelectMany(g => g.ResourceIds.Where(byId.ContainsKey).Select(id => new AccessEntry(g.Owner, byId[id]))));
-        return new AccessTable(entries);
+        // Only an exit network's connector reaches public addresses; without settings (an older controller) it does not.
+        return new AccessTable(entries) { PublicDestinations = access.Network?.Exit ?? false, NetworkName = access.Network?.Name ?? "this network" };
     }
 
     private async Task AcceptLoopAsync(DataPlaneEndpoint dataPlane, FlowHandler flows, CancellationToken ct)

@@ -46,6 +46,15 @@ public sealed class AccessTable
 
     public int ResourceCount => _resources.Length;
 
+    /// <summary>
+    /// Whether public addresses may be reached: true for an exit network's connectors (and on clients, which only route).
+    /// A connector of any other network refuses them, so it cannot be used as a way out to the internet.
+    /// </summary>
+    public bool PublicDestinations { get; init; } = true;
+
+    /// <summary>The network named in refusals of public destinations.</summary>
+    public string NetworkName { get; init; } = "this network";
+
     /// <summary>Decides whether <paramref name="identity"/> may open a <paramref name="protocol"/> flow to <paramref name="host"/>:<paramref name="port"/>.</summary>
     public AccessDecision Check(string identity, FlowProtocol protocol, string host, int port)
     {
@@ -71,6 +80,10 @@ public sealed class AccessTable
                     FlowStatus.Denied,
                     $"{ip} is {what}: the connector reaches it only through an IP or CIDR resource inside {block}, and resource {best[0].Describe()} is broader",
                     best[0].Grant);
+            }
+            if (!PublicDestinations && PublicAddresses.IsPublic(ip))
+            {
+                return new AccessDecision(FlowStatus.Denied, NotExit($"{ip} is a public address"), best[0].Grant);
             }
             return Decide(best, identity, protocol, port);
         }
@@ -102,6 +115,10 @@ public sealed class AccessTable
         {
             return new AccessDecision(FlowStatus.Denied, $"{ip} lies outside resource {owner.Describe()}", resource);
         }
+        if (!PublicDestinations && PublicAddresses.IsPublic(ip))
+        {
+            return new AccessDecision(FlowStatus.Denied, NotExit($"'{host}' resolved to {ip}, a public address"), resource);
+        }
         if (!SpecialAddresses.IsSpecial(ip, out var what, out var block))
         {
             return new AccessDecision(FlowStatus.Ok, $"{host} resolved to {ip} under resource {owner.Describe()}", resource);
@@ -116,6 +133,9 @@ public sealed class AccessTable
             $"'{host}' resolved to {ip}, which is {what}: the connector reaches it only through an IP or CIDR resource inside {block} that you are granted",
             resource);
     }
+
+    private string NotExit(string what)
+        => $"{what}, and network '{NetworkName}' is not an exit network: its connectors reach private addresses only (an administrator can mark it with 'ferry admin network set {NetworkName} --exit true')";
 
     private List<Resource> MostSpecific(Func<Resource, bool> matches)
     {

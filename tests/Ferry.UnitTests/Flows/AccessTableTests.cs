@@ -155,4 +155,25 @@ public sealed class AccessTableTests
         Assert.Equal(FlowStatus.ProtocolError, table.Check(Alice, FlowProtocol.Tcp, "127.1", 80).Status);
         Assert.Equal(FlowStatus.ProtocolError, table.Check(Alice, FlowProtocol.Tcp, "a.corp.internal", 0).Status);
     }
+
+    [Fact]
+    public void Only_an_exit_network_reaches_public_addresses()
+    {
+        AccessEntry[] entries = [new(Alice, Everything), new(Alice, Corp)];
+        var closed = new AccessTable(entries) { PublicDestinations = false, NetworkName = "corp" };
+        var exit = new AccessTable(entries) { PublicDestinations = true, NetworkName = "egress" };
+
+        var literal = closed.Check(Alice, FlowProtocol.Tcp, "203.0.113.9", 443);
+        Assert.Equal(FlowStatus.Denied, literal.Status);
+        Assert.Contains("203.0.113.9 is a public address, and network 'corp' is not an exit network", literal.Message, StringComparison.Ordinal);
+        Assert.Equal(FlowStatus.Ok, closed.Check(Alice, FlowProtocol.Tcp, "10.1.2.3", 443).Status);
+        Assert.Equal(FlowStatus.Ok, exit.Check(Alice, FlowProtocol.Tcp, "203.0.113.9", 443).Status);
+
+        // A name that resolves to a public address is refused the same way, so a private network's connector is no way out.
+        var resolved = closed.CheckResolved(Alice, FlowProtocol.Tcp, Corp, "www.corp.internal", IPAddress.Parse("198.51.100.7"), 443);
+        Assert.Equal(FlowStatus.Denied, resolved.Status);
+        Assert.Contains("'www.corp.internal' resolved to 198.51.100.7, a public address", resolved.Message, StringComparison.Ordinal);
+        Assert.Equal(FlowStatus.Ok, closed.CheckResolved(Alice, FlowProtocol.Tcp, Corp, "db.corp.internal", IPAddress.Parse("10.0.0.5"), 443).Status);
+        Assert.Equal(FlowStatus.Ok, exit.CheckResolved(Alice, FlowProtocol.Tcp, Corp, "www.corp.internal", IPAddress.Parse("198.51.100.7"), 443).Status);
+    }
 }
