@@ -7,6 +7,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 FERRY_DEBIAN_PACKAGES=(
   libngtcp2-9 libngtcp2-crypto-gnutls2 libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev
   ngtcp2-client ngtcp2-server coturn postgresql iproute2 iptables socat iperf3 curl gcc
+  openssh-server openssh-client dnsmasq-base bind9-dnsutils
 )
 
 ensure_debian_packages() {
@@ -22,7 +23,13 @@ ensure_debian_packages() {
   say "Installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Packages such as openssh-server and dnsmasq would start system services; the tests run their own instances instead.
+  local policy=/usr/sbin/policy-rc.d created=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1
+  fi
+  apt-get install -y -qq "${missing[@]}" >/dev/null || { [ -z "$created" ] || rm -f "$policy"; die "apt-get could not install: ${missing[*]}"; }
+  [ -z "$created" ] || rm -f "$policy"
 }
 
 ensure_dotnet() {

@@ -14,6 +14,12 @@ namespace Ferry.Client;
 /// <summary>Sign-in was refused: wrong password, unknown key. Retrying will not help.</summary>
 public sealed class SignInRefusedException(string message) : Exception(message);
 
+/// <summary>Asks the running client for one more port forward: "LOCALPORT=HOST:PORT".</summary>
+public sealed record ForwardRequest(string Spec);
+
+/// <summary>Where a forward added at run time listens.</summary>
+public sealed record ForwardAdded(string Listening);
+
 /// <summary>What the running client reports on its control socket.</summary>
 public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo);
 
@@ -50,7 +56,12 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         }
         finally
         {
-            foreach (var listener in _listeners)
+            ILoopbackListener[] listeners;
+            lock (_listeners)
+            {
+                listeners = [.. _listeners];
+            }
+            foreach (var listener in listeners)
             {
                 await listener.DisposeAsync();
             }
@@ -144,7 +155,15 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         }
     }
 
-    private readonly List<LoopbackProxy> _listeners = [];
+    private readonly List<ILoopbackListener> _listeners = [];
+
+    private string[] Listeners()
+    {
+        lock (_listeners)
+        {
+            return [.. _listeners.Select(l => $"{l.Kind} {l.LocalEndPoint}")];
+        }
+    }
 
     /// <summary>The loopback entry points applications use: SOCKS5, HTTP CONNECT and port forwards, all opening flows through the current session.</summary>
     private async Task StartListenersAsync(CancellationToken ct)
@@ -152,28 +171,44 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         var opener = new CurrentSessionOpener(this);
         if (options.SocksPort is { } socks)
         {
-            _listeners.Add(new Socks5Server(Routes, opener, new LoopbackProxyOptions { Port = socks }, loggers.CreateLogger<Socks5Server>()));
+            await StartListenerAsync(new Socks5Server(Routes, opener, new LoopbackProxyOptions { Port = socks }, loggers.CreateLogger<Socks5Server>()), ct);
         }
         if (options.HttpProxyPort is { } http)
         {
-            _listeners.Add(new HttpConnectProxy(Routes, opener, new LoopbackProxyOptions { Port = http }, loggers.CreateLogger<HttpConnectProxy>()));
+            await StartListenerAsync(new HttpConnectProxy(Routes, opener, new LoopbackProxyOptions { Port = http }, loggers.CreateLogger<HttpConnectProxy>()), ct);
         }
         foreach (var forward in options.Forwards)
         {
-            _listeners.Add(new PortForward(forward.Host, forward.Port, Routes, opener, new LoopbackProxyOptions { Port = forward.LocalPort }, loggers.CreateLogger<PortForward>()));
+            await AddForwardAsync(forward, ct);
         }
-        foreach (var listener in _listeners)
+    }
+
+    /// <summary>Starts one more port forward in the running client ('ferry client forward'); returns where it listens.</summary>
+    public async Task<string> AddForwardAsync(PortForwardSpec forward, CancellationToken ct)
+    {
+        ILoopbackListener listener = forward.Protocol == Ferry.Core.Flows.FlowProtocol.Udp
+            ? new UdpPortForward(forward.Host, forward.Port, Routes, new CurrentSessionOpener(this), new LoopbackProxyOptions { Port = forward.LocalPort }, loggers.CreateLogger<UdpPortForward>())
+            : new PortForward(forward.Host, forward.Port, Routes, new CurrentSessionOpener(this), new LoopbackProxyOptions { Port = forward.LocalPort }, loggers.CreateLogger<PortForward>());
+        await StartListenerAsync(listener, ct);
+        return listener.LocalEndPoint.ToString();
+    }
+
+    private async Task StartListenerAsync(ILoopbackListener listener, CancellationToken ct)
+    {
+        try
         {
-            try
-            {
-                await listener.StartAsync(ct);
-            }
-            catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
-            {
-                throw new InvalidOperationException($"cannot start the {listener.Kind} listener: its loopback port is in use by another program; choose another with --socks, --http-proxy or --forward (0 picks a free port)", e);
-            }
-            Log.Listening(_logger, listener.Kind, listener.LocalEndPoint.ToString());
+            await listener.StartAsync(ct);
         }
+        catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
+        {
+            await listener.DisposeAsync();
+            throw new InvalidOperationException($"cannot start the {listener.Kind} listener: its loopback port is in use by another program or forward; choose another port (0 picks a free one)", e);
+        }
+        lock (_listeners)
+        {
+            _listeners.Add(listener);
+        }
+        Log.Listening(_logger, listener.Kind, listener.LocalEndPoint.ToString());
     }
 
     /// <summary>Hands flows to whichever session is current; the listeners bound the wait for the first one with their open timeout.</summary>
@@ -183,6 +218,12 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         {
             var opener = daemon.Opener ?? await daemon._firstOpener.Task.WaitAsync(cancellationToken);
             return await opener.OpenAsync(resource, header, cancellationToken);
+        }
+
+        public async Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, Ferry.Core.Flows.FlowHeader header, CancellationToken cancellationToken)
+        {
+            var opener = daemon.Opener ?? await daemon._firstOpener.Task.WaitAsync(cancellationToken);
+            return await opener.OpenUdpAsync(resource, header, cancellationToken);
         }
     }
 
@@ -241,7 +282,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         _resources,
         _relays,
         _stun,
-        [.. _listeners.Select(l => $"{l.Kind} {l.LocalEndPoint}")],
+        Listeners(),
         [.. Opener?.ConnectedTo ?? []]);
 
     /// <summary>Serves GET /status and /resources on a Unix socket only the owner can open.</summary>
@@ -265,6 +306,17 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         var app = builder.Build();
         app.MapGet("/status", () => Results.Ok(Status()));
         app.MapGet("/resources", () => Results.Ok(_resources));
+        app.MapPost("/forwards", async (ForwardRequest request) =>
+        {
+            try
+            {
+                return Results.Ok(new ForwardAdded(await AddForwardAsync(PortForwardSpec.Parse(request.Spec), ct)));
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                return Results.Problem(e.Message, statusCode: StatusCodes.Status400BadRequest);
+            }
+        });
         await app.StartAsync(ct);
         if (!OperatingSystem.IsWindows())
         {

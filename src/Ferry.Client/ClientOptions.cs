@@ -28,20 +28,36 @@ public sealed class ClientOptions
     public required string StateDirectory { get; init; }
 }
 
-/// <summary>One --forward: local port, and the resource host and port its connections reach.</summary>
-public sealed record PortForwardSpec(int LocalPort, string Host, int Port)
+/// <summary>One --forward: local port, the resource host and port its traffic reaches, and whether it forwards TCP connections or UDP datagrams.</summary>
+public sealed record PortForwardSpec(int LocalPort, string Host, int Port, Ferry.Core.Flows.FlowProtocol Protocol = Ferry.Core.Flows.FlowProtocol.Tcp)
 {
-    /// <summary>Parses "LOCALPORT=HOST:PORT".</summary>
+    /// <summary>Parses "LOCALPORT=HOST:PORT", optionally ending in "/tcp" (the default) or "/udp".</summary>
     public static PortForwardSpec Parse(string text)
     {
-        var eq = text.IndexOf('=', StringComparison.Ordinal);
-        var colon = text.LastIndexOf(':');
-        if (eq <= 0 || colon <= eq + 1
-            || !int.TryParse(text[..eq], System.Globalization.CultureInfo.InvariantCulture, out var local) || local is < 0 or > 65535
-            || !int.TryParse(text[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 1 or > 65535)
+        ArgumentNullException.ThrowIfNull(text);
+        var protocol = Ferry.Core.Flows.FlowProtocol.Tcp;
+        var spec = text;
+        var slash = text.LastIndexOf('/');
+        if (slash >= 0)
         {
-            throw new ArgumentException($"--forward '{text}' is not LOCALPORT=HOST:PORT (for example 15432=db.internal:5432)");
+            var suffix = text[(slash + 1)..];
+            protocol = suffix.ToUpperInvariant() switch
+            {
+                "TCP" => Ferry.Core.Flows.FlowProtocol.Tcp,
+                "UDP" => Ferry.Core.Flows.FlowProtocol.Udp,
+                _ => throw new ArgumentException(
+                    $"--forward '{text}' ends in '/{suffix}', which is not a protocol: end it with /tcp or /udp, or leave the suffix out for TCP (for example 5353=10.0.0.5:53/udp)"),
+            };
+            spec = text[..slash];
         }
-        return new PortForwardSpec(local, text[(eq + 1)..colon].Trim('[', ']'), port);
+        var eq = spec.IndexOf('=', StringComparison.Ordinal);
+        var colon = spec.LastIndexOf(':');
+        if (eq <= 0 || colon <= eq + 1
+            || !int.TryParse(spec[..eq], System.Globalization.CultureInfo.InvariantCulture, out var local) || local is < 0 or > 65535
+            || !int.TryParse(spec[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 1 or > 65535)
+        {
+            throw new ArgumentException($"--forward '{text}' is not LOCALPORT=HOST:PORT[/tcp|/udp] (for example 15432=db.internal:5432 or 5353=10.0.0.5:53/udp)");
+        }
+        return new PortForwardSpec(local, spec[(eq + 1)..colon].Trim('[', ']'), port, protocol);
     }
 }

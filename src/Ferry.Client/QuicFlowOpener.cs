@@ -8,7 +8,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Ferry.Client;
 
-/// <summary>Opens flows as QUIC streams: one connection per connector (relayed, with a ticket from the controller), one stream per flow.</summary>
+/// <summary>Opens flows as QUIC streams: one connection per connector (relayed, with a ticket from the controller), one stream per flow (UDP payloads ride the connection's datagrams).</summary>
 public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func<CancellationToken, Task<DataPlaneEndpoint>> dataPlane, ILogger logger) : IFlowOpener, IAsyncDisposable
 {
     private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(20);
@@ -74,6 +74,52 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
             }
         }
         return OpenedFlow.Refused(FlowStatus.Unreachable, $"no connector of network '{resource.Network}' answered: {string.Join("; ", errors)}");
+    }
+
+    /// <summary>
+    /// Opens a UDP flow: a stream for its header, reply and lifetime, with payloads on the connection's datagrams (see
+    /// <see cref="UdpFlowFraming"/>). Connector choice and tickets are those of TCP flows.
+    /// </summary>
+    public async Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(resource);
+        ArgumentNullException.ThrowIfNull(header);
+        if (!_firstList.Task.IsCompleted)
+        {
+            await _firstList.Task.WaitAsync(FirstListWait, cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+        var candidates = _connectors.FirstOrDefault(n => n.Network == resource.Network)?.Connectors ?? [];
+        if (candidates.Length == 0)
+        {
+            return OpenedUdpFlow.Refused(FlowStatus.Unreachable, $"no connector of network '{resource.Network}' is online");
+        }
+        var errors = new List<string>();
+        foreach (var connector in candidates)
+        {
+            try
+            {
+                var connection = await ConnectionToAsync(connector, cancellationToken);
+                var datagrams = QuicUdpDatagrams.For(connection);
+                var stream = await connection.OpenBidirectionalStreamAsync(cancellationToken);
+                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                timeout.CancelAfter(ReplyTimeout);
+                // The mux owns the stream from here: it disposes it on refusal or failure.
+                var (reply, flow) = await datagrams.OpenAsync(stream.Id, stream, s =>
+                {
+                    ((QuicStream)s).CompleteWrites();
+                    return ValueTask.CompletedTask;
+                }, header, timeout.Token);
+                return new OpenedUdpFlow(reply, flow);
+            }
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is QuicException or InvalidOperationException or Ferry.Relay.RelayException
+                or System.Security.Authentication.AuthenticationException or OperationCanceledException or FlowProtocolException or IOException)
+            {
+                Forget(connector);
+                errors.Add($"{connector}: {e.Message}");
+                LogConnectFailed(logger, connector, e.Message);
+            }
+        }
+        return OpenedUdpFlow.Refused(FlowStatus.Unreachable, $"no connector of network '{resource.Network}' answered: {string.Join("; ", errors)}");
     }
 
     private async Task<QuicConnection> ConnectionToAsync(string connector, CancellationToken ct)

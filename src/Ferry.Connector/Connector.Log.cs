@@ -42,4 +42,7 @@ internal static partial class Log
 
     [LoggerMessage(116, LogLevel.Information, "Device {Identity} revoked: closing its connection and flows")]
     public static partial void DeviceRevoked(ILogger logger, string identity);
+
+    [LoggerMessage(130, LogLevel.Debug, "Client {Identity}: {Unknown} datagrams for no live UDP flow and {Malformed} malformed ones were dropped")]
+    public static partial void DatagramsDropped(ILogger logger, string identity, long unknown, long malformed);
 }

@@ -240,6 +240,8 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         }
         _connections[connection] = device;
         Log.ClientConnected(_logger, device, owner);
+        // One datagram reader per connection routes UDP payloads to the connection's UDP flows (see UdpFlowFraming).
+        var datagrams = QuicUdpDatagrams.For(connection);
         while (!ct.IsCancellationRequested)
         {
             QuicStream stream;
@@ -250,6 +252,10 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
             catch (Exception e) when (e is QuicException or OperationCanceledException or ObjectDisposedException)
             {
                 Log.ClientDisconnected(_logger, connection.RemoteIdentity ?? "?", e.Message);
+                if (datagrams.UnknownDropped + datagrams.MalformedDropped > 0)
+                {
+                    Log.DatagramsDropped(_logger, connection.RemoteIdentity ?? "?", datagrams.UnknownDropped, datagrams.MalformedDropped);
+                }
                 _connections.TryRemove(connection, out _);
                 return;
             }
@@ -270,7 +276,7 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                             {
                                 cancel.Cancel();
                             }
-                        });
+                        }, datagrams, stream.Id);
                     }
                 }
                 finally

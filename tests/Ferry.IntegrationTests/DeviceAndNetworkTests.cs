@@ -68,21 +68,14 @@ public sealed class DeviceAndNetworkTests
         {
             Assert.Skip("needs dnsmasq (Debian package dnsmasq-base); scripts/test.sh installs it");
         }
-        // A name may not lead to the connector's own loopback (only an explicit IP resource may), so the service listens on
-        // one of this host's other addresses.
-        var hostAddress = System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
-            .Where(n => n.OperationalStatus == System.Net.NetworkInformation.OperationalStatus.Up && n.NetworkInterfaceType != System.Net.NetworkInformation.NetworkInterfaceType.Loopback)
-            .SelectMany(n => n.GetIPProperties().UnicastAddresses).Select(a => a.Address)
-            .FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a));
-        if (hostAddress is null)
-        {
-            Assert.Skip("needs a non-loopback IPv4 address on this host for the service the name points at");
-        }
-        await using var dns = await Dnsmasq.StartAsync(new Dictionary<string, string> { ["db.corp.internal"] = hostAddress.ToString() }, ct);
+        await using var dns = await Dnsmasq.StartAsync(new Dictionary<string, string> { ["db.corp.internal"] = "127.0.0.1" }, ct);
         await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);
-        await using var echo = new EchoServer(hostAddress);
+        await using var echo = new EchoServer(IPAddress.Loopback);
         var port = echo.Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
         await using var deployment = await TestDeployment.StartAsync(controller, "db.corp.internal", port, ct);
+        // A name may lead to the connector's own loopback only when an IP resource there is granted too.
+        await controller.AdminAsync("resource", "add", "127.0.0.1", "--network", "corp", "--name", "loopback", "--tcp", port);
+        await controller.AdminAsync("policy", "grant", "loopback", "--service-account", "app");
         await using var client = StartClient(controller, deployment, $"0=db.corp.internal:{port}");
         var forward = await ForwardAsync(client, $"db.corp.internal:{port}");
 

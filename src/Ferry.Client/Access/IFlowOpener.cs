@@ -13,6 +13,38 @@ public interface IFlowOpener
     /// fires first, the opener throws <see cref="OperationCanceledException"/> and disposes whatever stream it had opened.
     /// </summary>
     Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Opens a UDP flow (<paramref name="header"/> names protocol UDP) with the same connector choice as <see cref="OpenAsync"/>:
+    /// a refusal or an unreachable network comes back as a non-Ok <see cref="OpenedUdpFlow.Reply"/>, cancellation as
+    /// <see cref="OperationCanceledException"/>. Openers that carry no UDP refuse with the reason.
+    /// </summary>
+    Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+        => Task.FromResult(OpenedUdpFlow.Refused(FlowStatus.ProtocolError, $"this client's flow opener carries TCP flows only, so {header} cannot be opened"));
+}
+
+/// <summary>An answered UDP flow: the connector's reply and, when it is Ok, the flow to send and receive payloads on.</summary>
+public sealed class OpenedUdpFlow : IAsyncDisposable
+{
+    public OpenedUdpFlow(FlowReply reply, IUdpFlow? flow = null)
+    {
+        ArgumentNullException.ThrowIfNull(reply);
+        if (reply.IsOk && flow is null)
+        {
+            throw new ArgumentException("an Ok UDP flow needs its flow", nameof(flow));
+        }
+        Reply = reply;
+        Flow = reply.IsOk ? flow : null;
+    }
+
+    public FlowReply Reply { get; }
+
+    /// <summary>The flow, when <see cref="Reply"/> is Ok.</summary>
+    public IUdpFlow? Flow { get; }
+
+    public static OpenedUdpFlow Refused(FlowStatus status, string message) => new(new FlowReply(status, message));
+
+    public ValueTask DisposeAsync() => Flow?.DisposeAsync() ?? ValueTask.CompletedTask;
 }
 
 /// <summary>An answered flow: the connector's reply and, when it is Ok, the stream to copy bytes over and how to half-close it.</summary>

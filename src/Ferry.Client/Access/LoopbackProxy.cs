@@ -19,12 +19,15 @@ public sealed class LoopbackProxyOptions
     /// <summary>How long opening a flow (through Ferry or directly) may take.</summary>
     public TimeSpan OpenTimeout { get; init; } = TimeSpan.FromSeconds(15);
 
-    /// <summary>Connections served at once; more are closed as they arrive.</summary>
+    /// <summary>Connections served at once; more are closed as they arrive. UDP listeners hold at most this many flows.</summary>
     public int MaxConnections { get; init; } = 4096;
+
+    /// <summary>A UDP flow (of a UDP forward or a SOCKS5 UDP association) that carries no packet either way for this long is closed.</summary>
+    public TimeSpan UdpIdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
 }
 
 /// <summary>What the SOCKS5, HTTP CONNECT and port-forward listeners share: a loopback listener, concurrent connections, routing and copying.</summary>
-public abstract partial class LoopbackProxy : IAsyncDisposable
+public abstract partial class LoopbackProxy : ILoopbackListener
 {
     private readonly ConcurrentDictionary<long, Task> _connections = new();
     private readonly CancellationTokenSource _stopping = new();

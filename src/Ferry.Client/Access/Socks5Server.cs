@@ -11,7 +11,8 @@ namespace Ferry.Client.Access;
 /// <summary>
 /// A SOCKS5 proxy on loopback (RFC 1928) that carries each CONNECT as a Ferry flow. Only the "no authentication" method is offered:
 /// the listener is reachable from this host alone. CONNECT takes IPv4, IPv6 and domain-name destinations (names are resolved by the
-/// connector, as with socks5h). BIND and UDP ASSOCIATE are answered 0x07 "command not supported" until UDP flows ride QUIC datagrams.
+/// connector, as with socks5h). UDP ASSOCIATE (RFC 1928 section 7) opens a loopback UDP relay whose datagrams each destination
+/// carries as its own UDP flow (see <see cref="Socks5UdpAssociation"/>). BIND is answered 0x07 "command not supported".
 /// </summary>
 public sealed class Socks5Server : LoopbackProxy
 {
@@ -19,6 +20,7 @@ public sealed class Socks5Server : LoopbackProxy
     private const byte NoAuthentication = 0x00;
     private const byte NoAcceptableMethods = 0xFF;
     private const byte CommandConnect = 1;
+    private const byte CommandUdpAssociate = 3;
     private const byte AddressIPv4 = 1;
     private const byte AddressDomain = 3;
     private const byte AddressIPv6 = 4;
@@ -41,6 +43,7 @@ public sealed class Socks5Server : LoopbackProxy
         {
             string host;
             int port;
+            byte command;
             using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
             {
                 handshake.CancelAfter(Options.HandshakeTimeout);
@@ -49,7 +52,12 @@ public sealed class Socks5Server : LoopbackProxy
                 {
                     return;
                 }
-                (host, port) = request.Value;
+                (command, host, port) = request.Value;
+            }
+            if (command == CommandUdpAssociate)
+            {
+                await AssociateUdpAsync(socket, stream, cancellationToken);
+                return;
             }
 
             var destination = FlowHeader.FormatHostPort(host, port);
@@ -81,7 +89,7 @@ public sealed class Socks5Server : LoopbackProxy
     }
 
     // Null when the connection was answered with a refusal (or just closed) during the handshake.
-    private async Task<(string Host, int Port)?> ReadRequestAsync(NetworkStream stream, byte[] buffer, CancellationToken cancellationToken)
+    private async Task<(byte Command, string Host, int Port)?> ReadRequestAsync(NetworkStream stream, byte[] buffer, CancellationToken cancellationToken)
     {
         if (!await ReadAsync(stream, buffer, 2, cancellationToken))
         {
@@ -157,10 +165,15 @@ public sealed class Socks5Server : LoopbackProxy
         }
         var port = BinaryPrimitives.ReadUInt16BigEndian(buffer.AsSpan(addressLength, 2));
 
+        if (command == CommandUdpAssociate)
+        {
+            // DST.ADDR and DST.PORT name where the client will send from, often zeros; the first datagram fixes its port instead.
+            return (command, host, port);
+        }
         if (command != CommandConnect)
         {
-            var name = command switch { 2 => "BIND", 3 => "UDP ASSOCIATE", _ => $"command {command}" };
-            Log.HandshakeRefused(Logger, Kind, $"{name} is not supported; only CONNECT (TCP) flows are carried for now");
+            var name = command == 2 ? "BIND" : $"command {command}";
+            Log.HandshakeRefused(Logger, Kind, $"{name} is not supported; only CONNECT (TCP) and UDP ASSOCIATE are carried");
             await WriteReplyAsync(stream, ReplyCommandNotSupported, cancellationToken);
             return null;
         }
@@ -171,7 +184,30 @@ public sealed class Socks5Server : LoopbackProxy
             await WriteReplyAsync(stream, FlowReply.ToSocks5ReplyCode(FlowStatus.NameNotFound), cancellationToken);
             return null;
         }
-        return (host, port);
+        return (command, host, port);
+    }
+
+    /// <summary>Answers UDP ASSOCIATE with a loopback relay socket and relays until the control connection closes.</summary>
+    private async Task AssociateUdpAsync(Socket control, NetworkStream stream, CancellationToken cancellationToken)
+    {
+        var client = ((IPEndPoint)control.RemoteEndPoint!).Address;
+        var association = new Socks5UdpAssociation(client, Routes, Opener, Options, $"{Kind} udp", Logger, cancellationToken);
+        await using (association)
+        {
+            await WriteReplyAsync(stream, 0x00, cancellationToken, association.RelayEndPoint);
+            UdpLog.Associated(Logger, Kind, control.RemoteEndPoint!.ToString()!, association.RelayEndPoint.ToString());
+            // RFC 1928: the association ends when the TCP connection that asked for it does; anything sent on it means nothing.
+            var sink = new byte[64];
+            try
+            {
+                while (await stream.ReadAsync(sink, cancellationToken) > 0)
+                {
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
     }
 
     private static async ValueTask<bool> ReadAsync(NetworkStream stream, byte[] buffer, int count, CancellationToken cancellationToken)
@@ -180,7 +216,21 @@ public sealed class Socks5Server : LoopbackProxy
     private static async ValueTask WriteAsync(NetworkStream stream, byte[] bytes, CancellationToken cancellationToken)
         => await stream.WriteAsync(bytes, cancellationToken);
 
-    // BND.ADDR and BND.PORT are zero: the connection's far end is on the connector's network, not an address the application could use.
-    private static ValueTask WriteReplyAsync(NetworkStream stream, byte code, CancellationToken cancellationToken)
-        => WriteAsync(stream, [SocksVersion, code, 0x00, AddressIPv4, 0, 0, 0, 0, 0, 0], cancellationToken);
+    // BND.ADDR and BND.PORT are zero for CONNECT: the connection's far end is on the connector's network, not an address the application
+    // could use. For UDP ASSOCIATE they are the relay socket the application sends its datagrams to.
+    private static ValueTask WriteReplyAsync(NetworkStream stream, byte code, CancellationToken cancellationToken, IPEndPoint? bound = null)
+    {
+        if (bound is null)
+        {
+            return WriteAsync(stream, [SocksVersion, code, 0x00, AddressIPv4, 0, 0, 0, 0, 0, 0], cancellationToken);
+        }
+        var address = bound.Address.GetAddressBytes();
+        var reply = new byte[4 + address.Length + 2];
+        reply[0] = SocksVersion;
+        reply[1] = code;
+        reply[3] = address.Length == 4 ? AddressIPv4 : AddressIPv6;
+        address.CopyTo(reply, 4);
+        BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(4 + address.Length), (ushort)bound.Port);
+        return WriteAsync(stream, reply, cancellationToken);
+    }
 }

@@ -24,5 +24,12 @@ public sealed partial class FlowHandler
 
         [LoggerMessage(405, LogLevel.Information, "Flow {Identity} → {Destination} broke: {Reason}")]
         public static partial void FlowBroken(ILogger logger, string identity, string destination, string reason);
+
+        [LoggerMessage(406, LogLevel.Information, "Flow {Identity} → {Destination} open via {Endpoint}")]
+        public static partial void UdpFlowOpened(ILogger logger, string identity, string destination, string endpoint);
+
+        [LoggerMessage(407, LogLevel.Information,
+            "Flow {Identity} → {Destination} closed {End}; {PacketsUp} packets ({BytesUp} bytes) up, {PacketsDown} packets ({BytesDown} bytes) down, {OnStream} over the stream, {Dropped} dropped, {SocketErrors} socket errors")]
+        public static partial void UdpFlowClosed(ILogger logger, string identity, string destination, string end, long packetsUp, long bytesUp, long packetsDown, long bytesDown, long onStream, long dropped, long socketErrors);
     }
 }

@@ -30,7 +30,11 @@ public sealed partial class FlowHandler
     /// <param name="clientIdentity">The authenticated client identity, "device/dv_…".</param>
     /// <param name="access">The current access table of this connector's network.</param>
     /// <param name="admitted">Told the flow's header once policy let it through, so the caller can re-check it when policy changes.</param>
-    public async Task HandleAsync(Stream stream, Func<Stream, ValueTask> completeWrites, string clientIdentity, AccessTable access, CancellationToken cancellationToken, Action<FlowHeader>? admitted = null)
+    /// <param name="datagrams">The UDP flows of the stream's connection; without it UDP flows are refused (they need datagrams).</param>
+    /// <param name="streamId">The stream's QUIC stream id, which names a UDP flow's datagrams.</param>
+    public async Task HandleAsync(
+        Stream stream, Func<Stream, ValueTask> completeWrites, string clientIdentity, AccessTable access, CancellationToken cancellationToken,
+        Action<FlowHeader>? admitted = null, UdpDatagramMux? datagrams = null, long streamId = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentNullException.ThrowIfNull(completeWrites);
@@ -49,7 +53,13 @@ public sealed partial class FlowHandler
             destination = header.ToString();
             if (header.Protocol == FlowProtocol.Udp)
             {
-                await RefuseAsync(stream, completeWrites, clientIdentity, destination, FlowStatus.ProtocolError, "UDP flows ride datagrams, not streams: open this flow as a QUIC datagram flow", cancellationToken);
+                if (datagrams is null)
+                {
+                    await RefuseAsync(stream, completeWrites, clientIdentity, destination, FlowStatus.ProtocolError,
+                        "UDP flows ride datagrams, and this connection carries none: open UDP flows on a QUIC connection to the connector", cancellationToken);
+                    return;
+                }
+                await HandleUdpAsync(stream, completeWrites, clientIdentity, access, header, datagrams, streamId, admitted, cancellationToken);
                 return;
             }
             var decision = access.Check(clientIdentity, header.Protocol, header.Host, header.Port);
@@ -146,47 +156,12 @@ public sealed partial class FlowHandler
         timeout.CancelAfter(_options.ConnectTimeout);
         var seconds = $"{_options.ConnectTimeout.TotalSeconds:0.###} s";
 
-        IReadOnlyList<IPAddress> addresses;
-        if (FlowHeader.TryGetAddress(header.Host, out var literal))
+        var (resolvedStatus, resolvedMessage, resolved) = await ResolveAsync(header, decision, clientIdentity, access, timeout.Token, cancellationToken);
+        if (resolved is null)
         {
-            addresses = [literal];
+            return (resolvedStatus, resolvedMessage, null);
         }
-        else
-        {
-            NameResolution resolution;
-            try
-            {
-                resolution = await _resolver.ResolveAsync(header.Host, timeout.Token);
-            }
-            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-            {
-                return (FlowStatus.Timeout, $"resolving '{header.Host}' on the connector took longer than {seconds}", null);
-            }
-            if (!resolution.IsFound)
-            {
-                var status = resolution.Status == FlowStatus.Ok ? FlowStatus.NameNotFound : resolution.Status;
-                return (status, resolution.Message.Length > 0 ? resolution.Message : $"'{header.Host}' has no addresses", null);
-            }
-            var allowed = new List<IPAddress>();
-            AccessDecision? refusal = null;
-            foreach (var address in resolution.Addresses)
-            {
-                var check = access.CheckResolved(clientIdentity, header.Protocol, decision.Resource!, header.Host, address, header.Port);
-                if (check.IsAllowed)
-                {
-                    allowed.Add(address);
-                }
-                else
-                {
-                    refusal ??= check;
-                }
-            }
-            if (allowed.Count == 0)
-            {
-                return (refusal!.Status, refusal.Message, null);
-            }
-            addresses = allowed;
-        }
+        var addresses = resolved;
 
         var tried = new List<string>();
         SocketError lastError = SocketError.HostUnreachable;
@@ -226,6 +201,52 @@ public sealed partial class FlowHandler
             SocketError.TimedOut => (FlowStatus.Timeout, $"connection timed out: {what}", null),
             _ => (FlowStatus.Unreachable, $"destination unreachable from the connector: {what}", null),
         };
+    }
+
+    /// <summary>
+    /// The addresses a flow may be dialled at: an IP literal as it is, a name resolved on the connector and filtered through the access
+    /// table (a name must not lead to loopback or metadata addresses its resource does not cover). Null addresses come with the refusal.
+    /// </summary>
+    private async Task<(FlowStatus Status, string Message, IReadOnlyList<IPAddress>? Addresses)> ResolveAsync(
+        FlowHeader header, AccessDecision decision, string clientIdentity, AccessTable access, CancellationToken timeout, CancellationToken cancellationToken)
+    {
+        if (FlowHeader.TryGetAddress(header.Host, out var literal))
+        {
+            return (FlowStatus.Ok, "", [literal]);
+        }
+        NameResolution resolution;
+        try
+        {
+            resolution = await _resolver.ResolveAsync(header.Host, timeout);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            return (FlowStatus.Timeout, $"resolving '{header.Host}' on the connector took longer than {_options.ConnectTimeout.TotalSeconds:0.###} s", null);
+        }
+        if (!resolution.IsFound)
+        {
+            var status = resolution.Status == FlowStatus.Ok ? FlowStatus.NameNotFound : resolution.Status;
+            return (status, resolution.Message.Length > 0 ? resolution.Message : $"'{header.Host}' has no addresses", null);
+        }
+        var allowed = new List<IPAddress>();
+        AccessDecision? refusal = null;
+        foreach (var address in resolution.Addresses)
+        {
+            var check = access.CheckResolved(clientIdentity, header.Protocol, decision.Resource!, header.Host, address, header.Port);
+            if (check.IsAllowed)
+            {
+                allowed.Add(address);
+            }
+            else
+            {
+                refusal ??= check;
+            }
+        }
+        if (allowed.Count == 0)
+        {
+            return (refusal!.Status, refusal.Message, null);
+        }
+        return (FlowStatus.Ok, "", allowed);
     }
 
     private static string Describe(SocketError error) => error switch

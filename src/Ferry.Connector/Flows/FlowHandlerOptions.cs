@@ -11,4 +11,7 @@ public sealed class FlowHandlerOptions
 
     /// <summary>How many resolved addresses are tried, in order, before giving up.</summary>
     public int MaxAddressesTried { get; init; } = 4;
+
+    /// <summary>A UDP flow that carries no packet either way for this long is ended, and the client is told why.</summary>
+    public TimeSpan UdpIdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
 }

@@ -25,6 +25,7 @@ internal static class ClientCommand
         command.Subcommands.Add(Resources());
         command.Subcommands.Add(Status());
         command.Subcommands.Add(Connect());
+        command.Subcommands.Add(Forward());
         return command;
     }
 
@@ -39,7 +40,7 @@ internal static class ClientCommand
         var device = new Option<string?>("--device-name") { Description = "Name this device shows under in the controller" };
         var socks = new Option<string>("--socks") { Description = "Loopback port of the SOCKS5 proxy, 0 for any free port, or 'off'", DefaultValueFactory = _ => "1080" };
         var http = new Option<string>("--http-proxy") { Description = "Loopback port of the HTTP CONNECT proxy, 0 for any free port, or 'off'", DefaultValueFactory = _ => "off" };
-        var forward = new Option<string[]>("--forward") { Description = "LOCALPORT=HOST:PORT: a loopback port whose connections reach HOST:PORT (repeatable)" };
+        var forward = new Option<string[]>("--forward") { Description = "LOCALPORT=HOST:PORT[/udp]: a loopback port whose connections (or, with /udp, datagrams) reach HOST:PORT (repeatable)" };
         var split = new Option<bool>("--split-tunnel") { Description = "Send destinations that match no resource straight out instead of refusing them" };
         var command = new Command("up", "Sign in and stay connected: receives the device certificate and what policy grants, and serves SOCKS5, HTTP CONNECT and port forwards on loopback.")
         {
@@ -118,6 +119,50 @@ internal static class ClientCommand
             : throw new CliException($"{option} '{text}' is not a port (0-65535) or 'off'", 2);
     }
 
+    /// <summary>'ferry client forward 15432 db.internal:5432': one more port forward in the running client, for as long as it runs.</summary>
+    private static Command Forward()
+    {
+        var local = new Argument<int>("local-port") { Description = "Loopback port to listen on (0 picks a free one)" };
+        var target = new Argument<string>("target") { Description = "Resource HOST:PORT the forwarded connections reach" };
+        var udp = new Option<bool>("--udp") { Description = "Forward UDP datagrams instead of TCP connections" };
+        var command = new Command("forward", "Add a port forward to the running client: connections to 127.0.0.1:LOCAL-PORT reach TARGET through Ferry.") { local, target, udp };
+        command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
+        {
+            var state = parse.GetValue(State)!;
+            var spec = $"{parse.GetValue(local)}={parse.GetValue(target)}{(parse.GetValue(udp) ? "/udp" : "")}";
+            try
+            {
+                PortForwardSpec.Parse(spec);
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliException(e.Message.Replace("--forward", "forward", StringComparison.Ordinal), 2);
+            }
+            using var http = ClientControl.Connect(state);
+            HttpResponseMessage response;
+            try
+            {
+                response = await http.PostAsJsonAsync("/forwards", new ForwardRequest(spec), ct);
+            }
+            catch (HttpRequestException)
+            {
+                throw new CliException($"no client is running with state folder '{state}' (nothing answers on {ClientControl.SocketPath(state)}): start one with 'ferry client up'");
+            }
+            using (response)
+            {
+                if (!response.IsSuccessStatusCode)
+                {
+                    var problem = await Ferry.Core.Api.ApiProblem.ReadAsync(response, ct);
+                    throw new CliException($"the client refused the forward: {problem.Detail}");
+                }
+                var added = await response.Content.ReadFromJsonAsync<ForwardAdded>(ct) ?? throw new CliException("the client answered nothing");
+                Console.WriteLine($"forward {added.Listening} -> {parse.GetValue(target)}{(parse.GetValue(udp) ? " (UDP)" : "")}; it lasts as long as the running client");
+            }
+            return 0;
+        }));
+        return command;
+    }
+
     /// <summary>'ferry client connect HOST PORT': joins stdin/stdout to a resource through the running client (for ssh -o ProxyCommand).</summary>
     private static Command Connect()
     {
@@ -126,6 +171,11 @@ internal static class ClientCommand
         var command = new Command("connect", "Join standard input and output to HOST:PORT through the running client (ssh -o ProxyCommand='ferry client connect %h %p').") { host, port };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
+            // Checked here: the SOCKS5 request carries 16 bits, so 65536 + N would otherwise reach port N.
+            if (parse.GetValue(port) is < 1 or > 65535)
+            {
+                throw new CliException($"port {parse.GetValue(port)} is not a TCP port (1-65535)", 2);
+            }
             var status = await AskAsync<ClientStatus>(parse.GetValue(State)!, "/status", ct);
             var socks = status.Listeners.FirstOrDefault(l => l.StartsWith("socks5 ", StringComparison.Ordinal))
                 ?? throw new CliException("the running client has no SOCKS5 proxy (started with --socks off)");
@@ -155,9 +205,9 @@ internal static class ClientCommand
             using var http = ClientControl.Connect(state);
             return await http.GetFromJsonAsync<T>(path, ct) ?? throw new CliException("the client answered nothing");
         }
-        catch (HttpRequestException e)
+        catch (HttpRequestException)
         {
-            throw new CliException($"no client is running with state folder '{state}' ({e.Message}); start one with 'ferry client up'");
+            throw new CliException($"no client is running with state folder '{state}' (nothing answers on {ClientControl.SocketPath(state)}): start one with 'ferry client up'");
         }
     }
 

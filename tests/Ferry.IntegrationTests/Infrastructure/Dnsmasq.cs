@@ -24,12 +24,34 @@ public sealed class Dnsmasq : IAsyncDisposable
     /// <summary>Starts dnsmasq answering each name in <paramref name="records"/> with its address, and nothing else.</summary>
     public static async Task<Dnsmasq> StartAsync(IReadOnlyDictionary<string, string> records, CancellationToken ct)
     {
-        int port;
-        using (var probe = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp))
+        // dnsmasq listens on UDP and TCP; a port free for one may be taken for the other by the time it binds, so a few tries.
+        const int Attempts = 4;
+        for (var attempt = 1; ; attempt++)
         {
-            probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            port = ((IPEndPoint)probe.LocalEndPoint!).Port;
+            var (server, log) = await TryStartAsync(FreePort(), records, ct);
+            if (server is not null)
+            {
+                return server;
+            }
+            if (attempt == Attempts || !log.Contains("Address already in use", StringComparison.Ordinal))
+            {
+                throw new Xunit.Sdk.XunitException($"dnsmasq did not start (attempt {attempt}):\n{log}");
+            }
         }
+    }
+
+    private static int FreePort()
+    {
+        using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        tcp.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        var port = ((IPEndPoint)tcp.LocalEndPoint!).Port;
+        using var udp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        udp.Bind(new IPEndPoint(IPAddress.Loopback, port));
+        return port;
+    }
+
+    private static async Task<(Dnsmasq? Server, string Log)> TryStartAsync(int port, IReadOnlyDictionary<string, string> records, CancellationToken ct)
+    {
         var info = new ProcessStartInfo("/usr/sbin/dnsmasq") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         foreach (var arg in new[] { "--no-daemon", "--conf-file=/dev/null", "--pid-file=", $"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--log-facility=-" })
         {
@@ -55,19 +77,16 @@ public sealed class Dnsmasq : IAsyncDisposable
         };
         process.BeginErrorReadLine();
         var server = new Dnsmasq(process, port);
-        try
+        var exited = process.WaitForExitAsync(ct);
+        if (await Task.WhenAny(started.Task, exited, Task.Delay(TimeSpan.FromSeconds(10), ct)) == started.Task)
         {
-            await started.Task.WaitAsync(TimeSpan.FromSeconds(10), ct);
+            return (server, "");
         }
-        catch (TimeoutException)
+        await server.DisposeAsync();
+        lock (log)
         {
-            await server.DisposeAsync();
-            lock (log)
-            {
-                throw new Xunit.Sdk.XunitException($"dnsmasq did not start on port {port}:\n{log}");
-            }
+            return (null, $"port {port}: {log}");
         }
-        return server;
     }
 
     public async ValueTask DisposeAsync()

@@ -18,8 +18,11 @@ public sealed class TestDeployment : IAsyncDisposable
     public string ServiceAccountKey { get; }
     public string Directory { get; }
 
-    /// <summary>Network "corp" with resource "svc" (<paramref name="address"/>, TCP <paramref name="tcpPorts"/>) granted to service account "app".</summary>
-    public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct)
+    /// <summary>
+    /// Network "corp" with resource "svc" (<paramref name="address"/>, TCP <paramref name="tcpPorts"/>, and UDP <paramref name="udpPorts"/>
+    /// when given) granted to service account "app".
+    /// </summary>
+    public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct, string? udpPorts = null)
     {
         var dir = System.IO.Directory.CreateTempSubdirectory("ferry-dp-").FullName;
         var relayTokens = Path.Combine(dir, "relay.json");
@@ -27,7 +30,7 @@ public sealed class TestDeployment : IAsyncDisposable
         var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
         await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
         await controller.AdminAsync("network", "create", "corp");
-        await controller.AdminAsync("resource", "add", address, "--network", "corp", "--name", "svc", "--tcp", tcpPorts);
+        await controller.AdminAsync(["resource", "add", address, "--network", "corp", "--name", "svc", "--tcp", tcpPorts, .. udpPorts is null ? Array.Empty<string>() : ["--udp", udpPorts]]);
         var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
         await controller.AdminAsync("policy", "grant", "svc", "--service-account", "app");
         var connector = controller.StartConnector(await controller.ProvisionAsync("corp", "c1", dir));

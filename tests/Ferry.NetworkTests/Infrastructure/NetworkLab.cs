@@ -10,6 +10,7 @@ namespace Ferry.NetworkTests.Infrastructure;
 public sealed class NetworkLab : IAsyncDisposable
 {
     private readonly List<string> _namespaces = [];
+    private readonly List<string> _etcDirectories = [];
     private readonly string _prefix = "fy" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(3));
     private int _links;
 
@@ -61,6 +62,22 @@ public sealed class NetworkLab : IAsyncDisposable
         return (ifA, ifB);
     }
 
+    /// <summary>
+    /// Writes /etc/netns/<paramref name="ns"/>/<paramref name="file"/>: 'ip netns exec' bind-mounts every file there over
+    /// /etc/<paramref name="file"/> for the programs it starts in that namespace (processes started afterwards see it; this
+    /// test process never does). The folder is removed on dispose.
+    /// </summary>
+    public async Task EtcFileAsync(string ns, string file, string content)
+    {
+        var directory = Path.Combine("/etc/netns", ns);
+        if (!_etcDirectories.Contains(directory))
+        {
+            Directory.CreateDirectory(directory);
+            _etcDirectories.Add(directory);
+        }
+        await File.WriteAllTextAsync(Path.Combine(directory, file), content);
+    }
+
     public Task DefaultRouteAsync(string ns, string via) => RunAsync("ip", "-n", ns, "route", "add", "default", "via", via);
 
     /// <summary>
@@ -97,6 +114,28 @@ public sealed class NetworkLab : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        foreach (var directory in _etcDirectories)
+        {
+            try
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+            catch (DirectoryNotFoundException)
+            {
+                // Already gone.
+            }
+        }
+        if (_etcDirectories.Count > 0)
+        {
+            try
+            {
+                // /etc/netns itself only while nothing else uses it.
+                Directory.Delete("/etc/netns", recursive: false);
+            }
+            catch (IOException)
+            {
+            }
+        }
         foreach (var ns in Enumerable.Reverse(_namespaces))
         {
             try

@@ -116,6 +116,8 @@ internal sealed class InMemoryOpener(FlowHandler handler, string identity, Func<
 {
     private readonly ConcurrentBag<(CancellationTokenSource Revoke, Task Served)> _flows = [];
     private readonly ConcurrentQueue<CancellationTokenSource> _opened = new();
+    private readonly (UdpDatagramMux Client, UdpDatagramMux Connector) _datagrams = InMemoryDatagrams.CreatePair();
+    private long _nextStreamId = -4;
 
     /// <summary>Revoke tokens of flows in the order they were opened.</summary>
     public IReadOnlyCollection<CancellationTokenSource> Opened => _opened;
@@ -133,6 +135,25 @@ internal sealed class InMemoryOpener(FlowHandler handler, string identity, Func<
         var reply = await FlowReply.ReadAsync(near, cancellationToken);
         return reply.IsOk ? new OpenedFlow(reply, near, DuplexStreams.CompleteWrites) : new OpenedFlow(reply, near);
     }
+
+    /// <summary>UDP flows share one in-memory datagram link, as they share a QUIC connection; each gets the next client stream id.</summary>
+    public async Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    {
+        var id = Interlocked.Add(ref _nextStreamId, 4);
+        var (near, far) = DuplexStreams.CreatePair();
+        var revoke = new CancellationTokenSource();
+        var served = handler.HandleAsync(far, DuplexStreams.CompleteWrites, identity, access(), revoke.Token, datagrams: _datagrams.Connector, streamId: id);
+        _flows.Add((revoke, served));
+        _opened.Enqueue(revoke);
+        var (reply, flow) = await _datagrams.Client.OpenAsync(id, near, DuplexStreams.CompleteWrites, header, cancellationToken);
+        return new OpenedUdpFlow(reply, flow);
+    }
+
+    /// <summary>UDP flows the connector side serves now.</summary>
+    public int LiveUdpFlows => _datagrams.Connector.Count;
+
+    /// <summary>Completes when every flow opened so far has ended on the connector side.</summary>
+    public Task AllServed => Task.WhenAll(_flows.Select(f => f.Served));
 
     public async ValueTask DisposeAsync()
     {

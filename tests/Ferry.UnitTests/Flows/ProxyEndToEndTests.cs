@@ -99,9 +99,9 @@ public sealed class ProxyEndToEndTests : FlowTestBase
     }
 
     [Theory]
-    [InlineData(3, 0x07)]
     [InlineData(2, 0x07)]
-    public async Task Socks5_answers_command_not_supported_for_UDP_ASSOCIATE_and_BIND(byte command, byte code)
+    [InlineData(9, 0x07)]
+    public async Task Socks5_answers_command_not_supported_for_BIND_and_unknown_commands(byte command, byte code)
     {
         await using var harness = await ProxyHarness.StartAsync(Token);
         using var socket = await FlowTestSupport.ConnectAsync(harness.Socks.LocalEndPoint, Token);
