@@ -33,6 +33,9 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         public string Owner { get; } = owner;
         public CancellationTokenSource Cancel { get; } = cancel;
         public volatile FlowHeader? Header;
+
+        /// <summary>The address a name flow was dialled at, so revocation re-checks what the name led to, not only the name.</summary>
+        public volatile System.Net.IPAddress? Dialled;
     }
 
     public async Task RunAsync(CancellationToken ct)
@@ -179,12 +182,21 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         var table = _access;
         foreach (var flow in _live.Keys)
         {
-            if (flow.Header is { } header && table.Check(flow.Owner, header.Protocol, header.Host, header.Port) is { IsAllowed: false } decision)
+            if (flow.Header is { } header && Recheck(table, flow, header) is { IsAllowed: false } decision)
             {
                 Log.FlowRevoked(_logger, flow.Owner, header.ToString(), decision.Message);
                 flow.Cancel.Cancel();
             }
         }
+    }
+
+    private static AccessDecision Recheck(AccessTable table, LiveFlow flow, FlowHeader header)
+    {
+        var decision = table.Check(flow.Owner, header.Protocol, header.Host, header.Port);
+        // A name flow passed two checks when it opened: the name, and the address it resolved to (public or loopback ones need more).
+        return decision.IsAllowed && flow.Dialled is { } address && !FlowHeader.TryGetAddress(header.Host, out _)
+            ? table.CheckResolved(flow.Owner, header.Protocol, decision.Resource!, header.Host, address, header.Port)
+            : decision;
     }
 
     /// <summary>Every resource is in the table (so "not granted" is told apart from "no such resource"); owners are the users and service accounts granted each.</summary>
@@ -276,7 +288,7 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                             {
                                 cancel.Cancel();
                             }
-                        }, datagrams, stream.Id);
+                        }, datagrams, stream.Id, address => flow.Dialled = address);
                     }
                 }
                 finally

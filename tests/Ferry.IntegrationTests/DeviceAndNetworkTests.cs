@@ -89,6 +89,34 @@ public sealed class DeviceAndNetworkTests
         var answer = await EchoThroughAsync(forward, ct);
         Assert.True(answer == "db.corp.internal says hello", $"got '{answer}'; client:\n{client.Output}\nconnector:\n{deployment.Connector.Output}");
 
+        // A live flow by name is re-checked against the address it was dialled at: revoking the loopback grant that let the
+        // name lead there closes it, although the name itself stays granted.
+        using (var live = new TcpClient())
+        {
+            await live.ConnectAsync(forward, ct);
+            var stream = live.GetStream();
+            await stream.WriteAsync("ping"u8.ToArray(), ct);
+            var buffer = new byte[16];
+            Assert.Equal(4, await stream.ReadAtLeastAsync(buffer, 4, throwOnEndOfStream: false, ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), ct));
+            var loopbackPolicy = (await controller.AdminJsonAsync<JsonElement[]>("policy", "list", "--json"))
+                .Single(p => p.GetProperty("resource").GetString() == "loopback").GetProperty("id").GetString()!;
+            var revokedAt = Stopwatch.StartNew();
+            await controller.AdminAsync("policy", "revoke", loopbackPolicy);
+            using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            bound.CancelAfter(TimeSpan.FromSeconds(5));
+            try
+            {
+                while (await stream.ReadAsync(buffer, bound.Token) > 0)
+                {
+                }
+            }
+            catch (IOException)
+            {
+            }
+            Assert.True(revokedAt.Elapsed < TimeSpan.FromSeconds(2), $"the name flow closed {revokedAt.Elapsed.TotalMilliseconds:0} ms after its address's grant was revoked; connector:\n{deployment.Connector.Output}");
+        }
+        await controller.AdminAsync("policy", "grant", "loopback", "--service-account", "app");
+
         // Back to the host's resolver: the name stops resolving again.
         await controller.AdminAsync("network", "set", "corp", "--dns-server", "none");
         await deployment.Connector.WaitForLineAsync(l => l.Contains("names resolve via the connector host's resolver", StringComparison.Ordinal), TimeSpan.FromSeconds(10), "the DNS server cleared");

@@ -15,7 +15,7 @@ public sealed partial class FlowHandler
     /// </summary>
     private async Task HandleUdpAsync(
         Stream stream, Func<Stream, ValueTask> completeWrites, string clientIdentity, AccessTable access, FlowHeader header,
-        UdpDatagramMux datagrams, long streamId, Action<FlowHeader>? admitted, CancellationToken cancellationToken)
+        UdpDatagramMux datagrams, long streamId, Action<FlowHeader>? admitted, Action<IPAddress>? dialled, CancellationToken cancellationToken)
     {
         var destination = header.ToString();
         var decision = access.Check(clientIdentity, header.Protocol, header.Host, header.Port);
@@ -37,6 +37,10 @@ public sealed partial class FlowHandler
             await using (flow)
             {
                 Log.UdpFlowOpened(_logger, clientIdentity, destination, socket.RemoteEndPoint?.ToString() ?? "?");
+                if (socket.RemoteEndPoint is IPEndPoint dialledTo)
+                {
+                    dialled?.Invoke(dialledTo.Address);
+                }
                 var socketErrors = new StrongBox<long>();
                 var end = await RelayUdpAsync(flow, socket, socketErrors, cancellationToken);
                 var counters = flow.Counters;

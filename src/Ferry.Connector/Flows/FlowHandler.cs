@@ -34,7 +34,7 @@ public sealed partial class FlowHandler
     /// <param name="streamId">The stream's QUIC stream id, which names a UDP flow's datagrams.</param>
     public async Task HandleAsync(
         Stream stream, Func<Stream, ValueTask> completeWrites, string clientIdentity, AccessTable access, CancellationToken cancellationToken,
-        Action<FlowHeader>? admitted = null, UdpDatagramMux? datagrams = null, long streamId = 0)
+        Action<FlowHeader>? admitted = null, UdpDatagramMux? datagrams = null, long streamId = 0, Action<IPAddress>? dialled = null)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentNullException.ThrowIfNull(completeWrites);
@@ -59,7 +59,7 @@ public sealed partial class FlowHandler
                         "UDP flows ride datagrams, and this connection carries none: open UDP flows on a QUIC connection to the connector", cancellationToken);
                     return;
                 }
-                await HandleUdpAsync(stream, completeWrites, clientIdentity, access, header, datagrams, streamId, admitted, cancellationToken);
+                await HandleUdpAsync(stream, completeWrites, clientIdentity, access, header, datagrams, streamId, admitted, dialled, cancellationToken);
                 return;
             }
             var decision = access.Check(clientIdentity, header.Protocol, header.Host, header.Port);
@@ -77,6 +77,10 @@ public sealed partial class FlowHandler
             }
             socket = connected;
             Log.FlowConnected(_logger, clientIdentity, destination, socket.RemoteEndPoint?.ToString() ?? "?");
+            if (socket.RemoteEndPoint is IPEndPoint dialledTo)
+            {
+                dialled?.Invoke(dialledTo.Address);
+            }
             await new FlowReply(FlowStatus.Ok, message).WriteAsync(stream, cancellationToken);
 
             var upstream = new NetworkStream(socket, ownsSocket: true);
