@@ -55,8 +55,7 @@ public sealed class UdpFlowTests
         await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);
         await using var deployment = await TestDeployment.StartAsync(controller, "127.0.0.1", "none", ct, udpPorts: Text(echo.Port));
         await using var client = StartClient(controller, deployment, "--socks", "0");
-        var socks = Endpoint(await client.WaitForLineAsync(l => l.Contains("socks5 listening on", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "SOCKS5 listener"));
-        await client.WaitForLineAsync(l => l.Contains("Resources granted now: 1", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "grant");
+        var socks = await SocksReadyAsync(client);
 
         using var association = await Socks5UdpClient.AssociateAsync(socks, ct);
         // Distinct payloads of many sizes, each checked byte for byte; UDP may lose any of them, so each is sent again a bounded number of times.
@@ -93,8 +92,7 @@ public sealed class UdpFlowTests
         await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);
         await using var deployment = await TestDeployment.StartAsync(controller, "127.0.0.1", "none", ct, udpPorts: Text(echo.Port));
         await using var client = StartClient(controller, deployment, "--socks", "0");
-        var socks = Endpoint(await client.WaitForLineAsync(l => l.Contains("socks5 listening on", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "SOCKS5 listener"));
-        await client.WaitForLineAsync(l => l.Contains("Resources granted now: 1", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "grant");
+        var socks = await SocksReadyAsync(client);
 
         using var association = await Socks5UdpClient.AssociateAsync(socks, ct);
         var (first, _) = await association.RoundTripAsync("127.0.0.1", echo.Port, Payload(1, 32), ct);
@@ -315,5 +313,13 @@ public sealed class UdpFlowTests
             _udp.Dispose();
             _control.Dispose();
         }
+    }
+
+    /// <summary>Where the client's SOCKS5 proxy listens, once its grant has arrived.</summary>
+    private static async Task<IPEndPoint> SocksReadyAsync(FerryProcess client)
+    {
+        var socks = Endpoint(await client.WaitForLineAsync(l => l.Contains("socks5 listening on", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "SOCKS5 listener"));
+        await client.WaitForLineAsync(l => l.Contains("Resources granted now: 1", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "grant");
+        return socks;
     }
 }

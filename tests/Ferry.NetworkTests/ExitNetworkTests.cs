@@ -63,14 +63,14 @@ public sealed class ExitNetworkTests
         await lab.EtcFileAsync(conn, "resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
         await lab.EtcFileAsync(cli, "resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
 
-        using var web = NetNamespace.Create(pub, () => new PeerEchoHttpServer(new IPEndPoint(IPAddress.Parse(ServerAddress), ServerPort)));
+        using var web = NetNamespace.Create(pub, () => LabHttpServer.PeerEcho(new IPEndPoint(IPAddress.Parse(ServerAddress), ServerPort)));
         var serverUrl = $"http://{ServerAddress}:{Port}/";
 
         // The premise: the service tells its callers apart. Straight from the client it sees the client's address; straight
         // from the connector host it sees the NAT's public address (the connector's own address is private and never leaves the site).
-        var fromClient = await CurlAsync(cli, [serverUrl]);
+        var fromClient = await NetworkLab.CurlAsync(cli, [serverUrl], Ct);
         Assert.True(fromClient.ExitCode == 0 && fromClient.Stdout == ClientAddress, $"a direct fetch from the client must be seen from {ClientAddress}: {fromClient}");
-        var fromConnectorHost = await CurlAsync(conn, [serverUrl]);
+        var fromConnectorHost = await NetworkLab.CurlAsync(conn, [serverUrl], Ct);
         Assert.True(fromConnectorHost.ExitCode == 0 && fromConnectorHost.Stdout == NatPublicAddress, $"a direct fetch from the connector host must be seen from {NatPublicAddress}: {fromConnectorHost}");
 
         await using var controller = await ControllerInstance.StartInAsync(pub, ControllerAddress);
@@ -130,11 +130,11 @@ public sealed class ExitNetworkTests
 
             // Through Ferry the service sees the exit connector's public (NAT) address, by IP resource and by name resource alike.
             var peersBefore = web.Peers.Count;
-            var viaAddress = await CurlAsync(cli, ["--socks5", socks, serverUrl]);
+            var viaAddress = await NetworkLab.CurlAsync(cli, ["--socks5", socks, serverUrl], Ct);
             Assert.True(viaAddress.ExitCode == 0, viaAddress + Logs());
             Assert.True(viaAddress.Stdout == NatPublicAddress,
                 $"through the exit network the service must see the connector's public address {NatPublicAddress}, not the client's {ClientAddress}; it saw '{viaAddress.Stdout}'" + Logs());
-            var viaName = await CurlAsync(cli, ["--socks5-hostname", socks, $"http://{ExitName}:{Port}/"]);
+            var viaName = await NetworkLab.CurlAsync(cli, ["--socks5-hostname", socks, $"http://{ExitName}:{Port}/"], Ct);
             Assert.True(viaName.ExitCode == 0, viaName + Logs());
             Assert.Equal(NatPublicAddress, viaName.Stdout);
             await egressConnector.WaitForLineAsync(l => l.Contains($" {ServerAddress}:{Port} connected via {ServerAddress}:{Port}", StringComparison.Ordinal), TimeSpan.FromSeconds(5), "the flow by address connected on the exit connector");
@@ -150,12 +150,12 @@ public sealed class ExitNetworkTests
             Assert.Contains("public-web", unexit.Stderr, StringComparison.Ordinal);
             Assert.Contains("remove them before it stops being an exit network", unexit.Stderr, StringComparison.Ordinal);
             Assert.True((await controller.AdminJsonAsync<NetworkView>("network", "show", "egress")).Exit, "egress must still be an exit network after the refused change");
-            var again = await CurlAsync(cli, ["--socks5", socks, serverUrl]);
+            var again = await NetworkLab.CurlAsync(cli, ["--socks5", socks, serverUrl], Ct);
             Assert.True(again.ExitCode == 0 && again.Stdout == NatPublicAddress, again + Logs());
 
             // corp's connector resolves www.example.test to the public service and refuses to dial it: the service never hears of it.
             peersBefore = web.Peers.Count;
-            var viaCorp = await CurlAsync(cli, ["--socks5-hostname", socks, $"http://{PrivateNetworkName}:{Port}/"]);
+            var viaCorp = await NetworkLab.CurlAsync(cli, ["--socks5-hostname", socks, $"http://{PrivateNetworkName}:{Port}/"], Ct);
             Assert.True(viaCorp.ExitCode != 0, $"a name of the non-exit network corp that resolves to a public address must not be fetched: {viaCorp}" + Logs());
             var reason = $"'{PrivateNetworkName}' resolved to {ServerAddress}, a public address, and network 'corp' is not an exit network";
             var refusal = await corpConnector.WaitForLineAsync(l => l.Contains($" {PrivateNetworkName}:{Port} refused", StringComparison.Ordinal), TimeSpan.FromSeconds(10), "the refusal on corp's connector");
@@ -171,13 +171,13 @@ public sealed class ExitNetworkTests
             await controller.AdminAsync("network", "set", "corp", "--exit", "true");
             await WaitUntilAsync(() => LastSettings(corpConnector, "corp")?.Contains("exit network: public destinations allowed", StringComparison.Ordinal) == true,
                 TimeSpan.FromSeconds(30), "corp's connector applying --exit true", Logs);
-            var nowExit = await CurlAsync(cli, ["--socks5-hostname", socks, $"http://{PrivateNetworkName}:{Port}/"]);
+            var nowExit = await NetworkLab.CurlAsync(cli, ["--socks5-hostname", socks, $"http://{PrivateNetworkName}:{Port}/"], Ct);
             Assert.True(nowExit.ExitCode == 0 && nowExit.Stdout == NatPublicAddress, $"once corp is an exit network its connector must dial {PrivateNetworkName}: {nowExit}" + Logs());
             await controller.AdminAsync("network", "set", "corp", "--exit", "false");
             await WaitUntilAsync(() => LastSettings(corpConnector, "corp") is { } line && !line.Contains("exit network", StringComparison.Ordinal),
                 TimeSpan.FromSeconds(30), "corp's connector applying --exit false", Logs);
             var refusalsBefore = Refusals(corpConnector);
-            var refusedAgain = await CurlAsync(cli, ["--socks5-hostname", socks, $"http://{PrivateNetworkName}:{Port}/"]);
+            var refusedAgain = await NetworkLab.CurlAsync(cli, ["--socks5-hostname", socks, $"http://{PrivateNetworkName}:{Port}/"], Ct);
             Assert.True(refusedAgain.ExitCode != 0, $"once corp is no exit network again its connector must refuse {PrivateNetworkName}: {refusedAgain}" + Logs());
             await WaitUntilAsync(() => Refusals(corpConnector) > refusalsBefore, TimeSpan.FromSeconds(10), "the second refusal on corp's connector", Logs);
             Assert.Contains(reason, corpConnector.Output.Split('\n').Last(IsRefusal), StringComparison.Ordinal);
@@ -209,126 +209,6 @@ public sealed class ExitNetworkTests
                 throw new Xunit.Sdk.XunitException($"no {what} within {timeout.TotalSeconds:0} s" + logs());
             }
             await Task.Delay(100, Ct);
-        }
-    }
-
-    /// <summary>curl inside <paramref name="ns"/>, bounded to 30 s (45 s for the process).</summary>
-    private static Task<CommandResult> CurlAsync(string ns, string[] args)
-        => RunAsync("ip", ["netns", "exec", ns, "curl", "-sS", "--max-time", "30", .. args], TimeSpan.FromSeconds(45));
-
-    private static async Task<CommandResult> RunAsync(string file, string[] args, TimeSpan timeout)
-    {
-        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = process.StandardError.ReadToEndAsync(Ct);
-        using var bound = CancellationTokenSource.CreateLinkedTokenSource(Ct);
-        bound.CancelAfter(timeout);
-        try
-        {
-            await process.WaitForExitAsync(bound.Token);
-        }
-        catch (OperationCanceledException) when (!Ct.IsCancellationRequested)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new Xunit.Sdk.XunitException($"{file} {string.Join(' ', args)} did not finish within {timeout.TotalSeconds:0} s");
-        }
-        return new CommandResult(process.ExitCode, await stdout, await stderr);
-    }
-
-    /// <summary>
-    /// An HTTP/1.x server that answers every request with the address it was connected from (the body is just that IP), and
-    /// remembers every peer. Its listening socket is made on the constructing thread, so constructed inside a namespace it listens there.
-    /// </summary>
-    private sealed class PeerEchoHttpServer : IDisposable
-    {
-        private readonly Socket _listener;
-        private readonly CancellationTokenSource _stop = new();
-        private readonly List<IPEndPoint> _peers = [];
-        private readonly Lock _gate = new();
-
-        public PeerEchoHttpServer(IPEndPoint endPoint)
-        {
-            _listener = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            _listener.Bind(endPoint);
-            _listener.Listen(16);
-            _ = Task.Run(AcceptAsync);
-        }
-
-        public IReadOnlyList<IPEndPoint> Peers
-        {
-            get
-            {
-                lock (_gate)
-                {
-                    return [.. _peers];
-                }
-            }
-        }
-
-        private async Task AcceptAsync()
-        {
-            while (!_stop.IsCancellationRequested)
-            {
-                Socket connection;
-                try
-                {
-                    connection = await _listener.AcceptAsync(_stop.Token);
-                }
-                catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
-                {
-                    return;
-                }
-                var peer = (IPEndPoint)connection.RemoteEndPoint!;
-                lock (_gate)
-                {
-                    _peers.Add(peer);
-                }
-                _ = Task.Run(() => ServeAsync(connection, peer));
-            }
-        }
-
-        private async Task ServeAsync(Socket connection, IPEndPoint peer)
-        {
-            using (connection)
-            using (var bound = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token))
-            {
-                bound.CancelAfter(TimeSpan.FromSeconds(30));
-                try
-                {
-                    // Read the request head (up to the blank line), then answer with the peer's address and close.
-                    var head = new List<byte>();
-                    var buffer = new byte[4096];
-                    while (head.ToArray().AsSpan().IndexOf("\r\n\r\n"u8) < 0)
-                    {
-                        var n = await connection.ReceiveAsync(buffer, SocketFlags.None, bound.Token);
-                        if (n == 0)
-                        {
-                            return;
-                        }
-                        head.AddRange(buffer.AsSpan(0, n));
-                    }
-                    var body = Encoding.ASCII.GetBytes(peer.Address.ToString());
-                    byte[] response = [.. Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n"), .. body];
-                    await connection.SendAsync(response, SocketFlags.None, bound.Token);
-                    connection.Shutdown(SocketShutdown.Send);
-                }
-                catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
-                {
-                    // The peer went away or the server is stopping.
-                }
-            }
-        }
-
-        public void Dispose()
-        {
-            // _stop is cancelled, not disposed: connections still closing read its token.
-            _stop.Cancel();
-            _listener.Dispose();
         }
     }
 }

@@ -52,13 +52,13 @@ public sealed class PrivateNameResolutionTests
         await lab.EtcFileAsync(conn, "resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
         await lab.EtcFileAsync(cli, "resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
 
-        using var web = NetNamespace.Create(priv, () => new TinyHttpServer(new IPEndPoint(IPAddress.Parse(PrivateAddress), ServicePort), Body));
+        using var web = NetNamespace.Create(priv, () => LabHttpServer.Fixed(new IPEndPoint(IPAddress.Parse(PrivateAddress), ServicePort), Body));
 
         // The premise: from the client's namespace the name does not resolve and the address is not reachable;
         // from the connector's namespace both work (so a pass below is Ferry's doing, not the lab's).
-        var clientLookup = await RunAsync("ip", ["netns", "exec", cli, "getent", "hosts", Name], TimeSpan.FromSeconds(20));
+        var clientLookup = await NetworkLab.CaptureAsync("ip", ["netns", "exec", cli, "getent", "hosts", Name], TimeSpan.FromSeconds(20), Ct);
         Assert.True(clientLookup.ExitCode != 0, $"the client's namespace must not resolve {Name}: {clientLookup}");
-        var connectorLookup = await RunAsync("ip", ["netns", "exec", conn, "getent", "hosts", Name], TimeSpan.FromSeconds(20));
+        var connectorLookup = await NetworkLab.CaptureAsync("ip", ["netns", "exec", conn, "getent", "hosts", Name], TimeSpan.FromSeconds(20), Ct);
         Assert.True(connectorLookup.ExitCode == 0 && connectorLookup.Stdout.StartsWith(PrivateAddress + " ", StringComparison.Ordinal), $"the connector's namespace must resolve {Name}: {connectorLookup}");
         var direct = await TryConnectAsync(cli, PrivateAddress, ServicePort);
         Assert.True(direct is not null, $"the client's namespace must not reach {PrivateAddress}:{ServicePort}, but a TCP connection was made");
@@ -93,12 +93,12 @@ public sealed class PrivateNameResolutionTests
             var peersBefore = web.Peers.Count;
 
             // curl in the client's namespace hands the name to the SOCKS5 proxy unresolved; the connector resolves it.
-            var viaSocks = await RunAsync("ip", ["netns", "exec", cli, "curl", "-sS", "--max-time", "30", "--socks5-hostname", socks.ToString(), $"http://{Name}:{ServicePort}/"], TimeSpan.FromSeconds(45));
+            var viaSocks = await NetworkLab.CurlAsync(cli, ["--socks5-hostname", socks.ToString(), $"http://{Name}:{ServicePort}/"], Ct);
             Assert.True(viaSocks.ExitCode == 0, viaSocks + Logs());
             Assert.Equal(Body, viaSocks.Stdout);
 
             // A port forward to the name: a plain HTTP client on loopback in the client's namespace.
-            var viaForward = await RunAsync("ip", ["netns", "exec", cli, "curl", "-sS", "--max-time", "30", "-H", $"Host: {Name}", $"http://{forward}/"], TimeSpan.FromSeconds(45));
+            var viaForward = await NetworkLab.CurlAsync(cli, ["-H", $"Host: {Name}", $"http://{forward}/"], Ct);
             Assert.True(viaForward.ExitCode == 0, viaForward + Logs());
             Assert.Equal(Body, viaForward.Stdout);
 
@@ -133,124 +133,6 @@ public sealed class PrivateNameResolutionTests
         catch (OperationCanceledException)
         {
             return "timed out";
-        }
-    }
-
-    private static async Task<CommandResult> RunAsync(string file, string[] args, TimeSpan timeout)
-    {
-        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = process.StandardError.ReadToEndAsync(Ct);
-        using var bound = CancellationTokenSource.CreateLinkedTokenSource(Ct);
-        bound.CancelAfter(timeout);
-        try
-        {
-            await process.WaitForExitAsync(bound.Token);
-        }
-        catch (OperationCanceledException) when (!Ct.IsCancellationRequested)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new Xunit.Sdk.XunitException($"{file} {string.Join(' ', args)} did not finish within {timeout.TotalSeconds:0} s");
-        }
-        return new CommandResult(process.ExitCode, await stdout, await stderr);
-    }
-
-    /// <summary>
-    /// An HTTP/1.x server that answers every request with one fixed body and remembers who connected. Its listening socket
-    /// is made on the constructing thread, so constructed inside a namespace it listens there.
-    /// </summary>
-    private sealed class TinyHttpServer : IDisposable
-    {
-        private readonly Socket _listener;
-        private readonly byte[] _response;
-        private readonly CancellationTokenSource _stop = new();
-        private readonly List<IPEndPoint> _peers = [];
-        private readonly Lock _gate = new();
-
-        public TinyHttpServer(IPEndPoint endPoint, string body)
-        {
-            var content = Encoding.UTF8.GetBytes(body);
-            _response = [.. Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {content.Length}\r\nConnection: close\r\n\r\n"), .. content];
-            _listener = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            _listener.Bind(endPoint);
-            _listener.Listen(16);
-            _ = Task.Run(AcceptAsync);
-        }
-
-        public IReadOnlyList<IPEndPoint> Peers
-        {
-            get
-            {
-                lock (_gate)
-                {
-                    return [.. _peers];
-                }
-            }
-        }
-
-        private async Task AcceptAsync()
-        {
-            while (!_stop.IsCancellationRequested)
-            {
-                Socket connection;
-                try
-                {
-                    connection = await _listener.AcceptAsync(_stop.Token);
-                }
-                catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
-                {
-                    return;
-                }
-                lock (_gate)
-                {
-                    _peers.Add((IPEndPoint)connection.RemoteEndPoint!);
-                }
-                _ = Task.Run(() => ServeAsync(connection));
-            }
-        }
-
-        private async Task ServeAsync(Socket connection)
-        {
-            using (connection)
-            using (var bound = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token))
-            {
-                bound.CancelAfter(TimeSpan.FromSeconds(30));
-                try
-                {
-                    // Read the request head (up to the blank line), then answer and close.
-                    var head = new List<byte>();
-                    var buffer = new byte[4096];
-                    while (!EndsHead(head))
-                    {
-                        var n = await connection.ReceiveAsync(buffer, SocketFlags.None, bound.Token);
-                        if (n == 0)
-                        {
-                            return;
-                        }
-                        head.AddRange(buffer.AsSpan(0, n));
-                    }
-                    await connection.SendAsync(_response, SocketFlags.None, bound.Token);
-                    connection.Shutdown(SocketShutdown.Send);
-                }
-                catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
-                {
-                    // The peer went away or the server is stopping.
-                }
-            }
-        }
-
-        private static bool EndsHead(List<byte> head) => head.ToArray().AsSpan().IndexOf("\r\n\r\n"u8) >= 0;
-
-        public void Dispose()
-        {
-            // _stop is cancelled, not disposed: connections still closing read its token.
-            _stop.Cancel();
-            _listener.Dispose();
         }
     }
 }

@@ -57,6 +57,23 @@ public sealed class ClientRoutes
         _known.TrySetResult();
     }
 
+    /// <summary>
+    /// Routes like <see cref="Match"/>, first waiting for the grants when sign-in is still under way (an application may connect
+    /// before it completes); when <paramref name="bound"/> ends the wait, the flow is refused as not signed in within <paramref name="wait"/>.
+    /// </summary>
+    public async Task<RouteDecision> MatchWhenKnownAsync(string host, int port, FlowProtocol protocol, TimeSpan wait, CancellationToken bound)
+    {
+        if (!Known.IsCompleted)
+        {
+            await Known.WaitAsync(bound).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            if (!Known.IsCompleted)
+            {
+                return new RouteDecision(RouteKind.Refused, null, FlowStatus.Unreachable, $"the client has not signed in to the controller within {wait.TotalSeconds:0.#} s");
+            }
+        }
+        return Match(host, port, protocol);
+    }
+
     /// <summary>Routes <paramref name="host"/>:<paramref name="port"/>: the most specific granted resource, else direct or refused.</summary>
     public RouteDecision Match(string host, int port, FlowProtocol protocol)
     {

@@ -204,18 +204,7 @@ public abstract partial class LoopbackProxy : ILoopbackListener
         var destination = FlowHeader.FormatHostPort(host, port);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(Options.OpenTimeout);
-        if (!Routes.Known.IsCompleted)
-        {
-            // An application may connect while sign-in is still under way: it waits for the grants instead of being refused.
-            await Routes.Known.WaitAsync(timeout.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-            if (!Routes.Known.IsCompleted)
-            {
-                var reason = cancellationToken.IsCancellationRequested ? "the listener is stopping" : $"the client has not signed in to the controller within {Options.OpenTimeout.TotalSeconds:0.#} s";
-                Log.FlowRefused(Logger, Kind, destination, FlowStatus.Unreachable, reason);
-                return OpenedFlow.Refused(FlowStatus.Unreachable, reason);
-            }
-        }
-        var route = Routes.Match(host, port, FlowProtocol.Tcp);
+        var route = await Routes.MatchWhenKnownAsync(host, port, FlowProtocol.Tcp, Options.OpenTimeout, timeout.Token);
         if (route.Kind == RouteKind.Refused)
         {
             Log.FlowRefused(Logger, Kind, destination, route.Status, route.Reason);

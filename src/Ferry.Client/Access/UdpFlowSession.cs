@@ -207,19 +207,8 @@ internal static class UdpFlowRouter
         var destination = FlowHeader.FormatHostPort(host, port);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(options.OpenTimeout);
-        if (!routes.Known.IsCompleted)
-        {
-            // A datagram may come while sign-in is still under way: it waits for the grants instead of being refused.
-            await routes.Known.WaitAsync(timeout.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-            if (!routes.Known.IsCompleted)
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                var reason = $"the client has not signed in to the controller within {options.OpenTimeout.TotalSeconds:0.#} s";
-                LoopbackProxy.Log.FlowRefused(logger, kind, destination, FlowStatus.Unreachable, reason);
-                return OpenedUdpFlow.Refused(FlowStatus.Unreachable, reason);
-            }
-        }
-        var route = routes.Match(host, port, FlowProtocol.Udp);
+        var route = await routes.MatchWhenKnownAsync(host, port, FlowProtocol.Udp, options.OpenTimeout, timeout.Token);
+        cancellationToken.ThrowIfCancellationRequested();
         if (route.Kind == RouteKind.Refused)
         {
             LoopbackProxy.Log.FlowRefused(logger, kind, destination, route.Status, route.Reason);

@@ -3,7 +3,7 @@ using System.Net.Sockets;
 
 namespace Ferry.IntegrationTests.Infrastructure;
 
-/// <summary>A private UDP service for tests: sends every datagram back to its sender, and counts what it received.</summary>
+/// <summary>A real UDP echo server on loopback: every datagram goes back to its sender unchanged.</summary>
 public sealed class UdpEchoServer : IAsyncDisposable
 {
     private readonly Socket _socket;
@@ -11,15 +11,18 @@ public sealed class UdpEchoServer : IAsyncDisposable
     private readonly Task _echoing;
     private int _received;
 
-    public UdpEchoServer()
+    public UdpEchoServer(IPAddress? address = null)
     {
-        _socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        Port = ((IPEndPoint)_socket.LocalEndPoint!).Port;
-        _echoing = Task.Run(EchoAsync);
+        address ??= IPAddress.Loopback;
+        _socket = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        _socket.Bind(new IPEndPoint(address, 0));
+        EndPoint = (IPEndPoint)_socket.LocalEndPoint!;
+        _echoing = EchoAsync();
     }
 
-    public int Port { get; }
+    public IPEndPoint EndPoint { get; }
+
+    public int Port => EndPoint.Port;
 
     /// <summary>Datagrams received so far.</summary>
     public int Received => Volatile.Read(ref _received);
@@ -27,7 +30,7 @@ public sealed class UdpEchoServer : IAsyncDisposable
     private async Task EchoAsync()
     {
         var buffer = new byte[65536];
-        var any = new IPEndPoint(IPAddress.Any, 0);
+        var any = new IPEndPoint(EndPoint.AddressFamily == AddressFamily.InterNetwork ? IPAddress.Any : IPAddress.IPv6Any, 0);
         while (!_stop.IsCancellationRequested)
         {
             try

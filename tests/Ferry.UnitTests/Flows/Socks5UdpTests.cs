@@ -4,6 +4,7 @@ using Ferry.Client.Access;
 using Ferry.Connector.Flows;
 using Ferry.Core.ControlPlane;
 using Ferry.Core.Flows;
+using Ferry.IntegrationTests.Infrastructure;
 
 namespace Ferry.UnitTests.Flows;
 

@@ -2,6 +2,7 @@ using System.Net;
 using Ferry.Connector.Flows;
 using Ferry.Core.ControlPlane;
 using Ferry.Core.Flows;
+using Ferry.IntegrationTests.Infrastructure;
 
 namespace Ferry.UnitTests.Flows;
 
