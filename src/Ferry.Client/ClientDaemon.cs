@@ -21,7 +21,7 @@ public sealed record ForwardRequest(string Spec);
 public sealed record ForwardAdded(string Listening);
 
 /// <summary>What the running client reports on its control socket.</summary>
-public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo);
+public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths);
 
 /// <summary>The client process: signs in, holds a controller session for its device certificate and grants, and answers local questions.</summary>
 public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
@@ -49,6 +49,8 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     {
         await using var control = await StartControlSocketAsync(ct);
         Routes.SplitTunnel = options.SplitTunnel;
+        using var stopReports = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var reports = Task.Run(() => ReportPathsAsync(stopReports.Token), CancellationToken.None);
         try
         {
             await StartListenersAsync(ct);
@@ -73,6 +75,50 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             {
                 await _dataPlane.DisposeAsync();
             }
+            await stopReports.CancelAsync();
+            await reports.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+    }
+
+    /// <summary>Direct-path offers go out on whichever controller session is current.</summary>
+    private Task SignalAsync(CandidatesMessage message, CancellationToken ct)
+        => _session is { } session ? session.SendAsync(message, ct) : throw new InvalidOperationException("no session with the controller right now");
+
+    /// <summary>Tells the controller which path each connection uses (for operators): at once when a path changes kind, else every 30 s.</summary>
+    private async Task ReportPathsAsync(CancellationToken ct)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(2));
+        string? lastShape = null;
+        var lastSent = DateTimeOffset.MinValue;
+        try
+        {
+            while (await timer.WaitForNextTickAsync(ct))
+            {
+                if (_session is not { } session || !_connected || Opener is not { } opener)
+                {
+                    lastShape = null;
+                    continue;
+                }
+                var paths = opener.Paths;
+                var shape = string.Join(";", paths.Select(p => $"{p.Connector} {p.Kind} {p.Remote} {p.DirectFailure}"));
+                if (shape == lastShape && DateTimeOffset.UtcNow - lastSent < TimeSpan.FromSeconds(30))
+                {
+                    continue;
+                }
+                try
+                {
+                    await session.SendAsync(new PathReportMessage([.. paths]), ct);
+                    lastShape = shape;
+                    lastSent = DateTimeOffset.UtcNow;
+                }
+                catch (Exception e) when (e is InvalidOperationException or System.Net.WebSockets.WebSocketException or IOException or ObjectDisposedException)
+                {
+                    // Between sessions: the next one gets the report.
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
         }
     }
 
@@ -118,10 +164,17 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
                         SetResources(resources.Resources);
                         Opener?.UpdateConnectors(resources.Connectors ?? []);
                         break;
+                    case CandidatesMessage candidates when _dataPlane is { } plane:
+                        _ = plane.HandleSignalAsync(candidates, SignalAsync, ct);
+                        break;
+                    case ErrorMessage { Code: "signaling-refused", Subject: { } peer } refused when _dataPlane is { } plane:
+                        plane.SignalingRefused(peer, refused.Message);
+                        break;
                     case CertificateIssuedMessage issued when _dataPlane is null:
                         // The data plane needs the device certificate: it starts with the first one.
                         _dataPlane = DataPlaneEndpoint.Create(new System.Net.IPEndPoint(System.Net.IPAddress.Any, 0), session.Certificate!,
                             System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(issued.CaPem), acceptConnections: false, _logger);
+                        _dataPlane.Signal = SignalAsync;
                         _dataPlaneReady.TrySetResult(_dataPlane);
                         ApplyRelays(ct);
                         break;
@@ -281,9 +334,10 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         _session?.Certificate?.NotAfter.ToUniversalTime(),
         _resources,
         _relays,
-        _stun,
+        _dataPlane?.LastStun ?? _stun,
         Listeners(),
-        [.. Opener?.ConnectedTo ?? []]);
+        [.. Opener?.ConnectedTo ?? []],
+        [.. Opener?.Paths ?? []]);
 
     /// <summary>Serves GET /status and /resources on a Unix socket only the owner can open.</summary>
     private async Task<WebApplication> StartControlSocketAsync(CancellationToken ct)

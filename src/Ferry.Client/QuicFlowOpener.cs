@@ -13,6 +13,8 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
 {
     private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(20);
     private readonly ConcurrentDictionary<string, Lazy<Task<QuicConnection>>> _connections = new(StringComparer.Ordinal);
+    // One path selector per connection: it moves the connection between the relayed path and a direct one.
+    private readonly ConcurrentDictionary<QuicConnection, PathSelector> _selectors = new();
     private static readonly TimeSpan FirstListWait = TimeSpan.FromSeconds(10);
     private readonly TaskCompletionSource _firstList = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile NetworkConnectors[] _connectors = [];
@@ -23,6 +25,9 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
         _connectors = connectors;
         _firstList.TrySetResult();
     }
+
+    /// <summary>The path each open connection uses now: direct or relayed, round trips, bytes, and why not direct.</summary>
+    public IReadOnlyList<PathStatus> Paths => [.. _selectors.Where(s => !s.Key.Closed.IsCompleted).Select(s => s.Value.Status()).OrderBy(p => p.Connector, StringComparer.Ordinal)];
 
     /// <summary>The connectors this client holds a connection to now.</summary>
     public IReadOnlyList<string> ConnectedTo => [.. _connections.Where(c => c.Value.IsValueCreated && c.Value.Value.IsCompletedSuccessfully).Select(c => c.Key)];
@@ -137,6 +142,7 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
 
     private async Task<QuicConnection> ConnectAsync(string connector)
     {
+        long firstFlow = System.Diagnostics.Stopwatch.GetTimestamp();
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
         DataPlaneEndpoint plane;
         try
@@ -152,6 +158,16 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
         await plane.BindTicketAsync(ticket.Ticket, timeout.Token);
         var connection = await plane.ConnectRelayedAsync(connector, timeout.Token);
         LogConnected(logger, connector, "relayed");
+        // Traffic starts on the relay at once; the search for a direct path runs beside it.
+        var selector = plane.SelectPaths(connector, connection, firstFlow);
+        _selectors[connection] = selector;
+        _ = connection.Closed.ContinueWith(async _ =>
+        {
+            if (_selectors.TryRemove(connection, out var ended))
+            {
+                await ended.DisposeAsync();
+            }
+        }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
         return connection;
     }
 
@@ -165,6 +181,11 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
 
     public async ValueTask DisposeAsync()
     {
+        foreach (var selector in _selectors.Values)
+        {
+            await selector.DisposeAsync();
+        }
+        _selectors.Clear();
         foreach (var lazy in _connections.Values.Where(l => l.IsValueCreated))
         {
             if (lazy.Value.IsCompletedSuccessfully)

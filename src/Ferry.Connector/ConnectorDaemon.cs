@@ -69,6 +69,10 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                     ApplyNetworkSettings(access.Network, resolver);
                     RevokeWhatIsNoLongerAllowed();
                     break;
+                case CandidatesMessage candidates when _dataPlane is { } plane:
+                    // A client searching for a direct path: answer with this connector's candidates and check back.
+                    _ = plane.HandleSignalAsync(candidates, (answer, ct) => socket.SendAsync(answer, ct), sct);
+                    break;
                 case TicketIssuedMessage ticket when _dataPlane is { } plane:
                     // Off the message loop: a ticket that comes before the relay list waits for it, and the list comes through this loop.
                     _ = Task.Run(() => BindTicketAsync(plane, ticket, sct), CancellationToken.None);

@@ -38,6 +38,9 @@ internal static partial class Log
     [LoggerMessage(19, LogLevel.Warning, "Relay ticket refused for {Requester} and {Peer}: {Reason}")]
     public static partial void TicketRefused(ILogger logger, string requester, string peer, string reason);
 
+    [LoggerMessage(24, LogLevel.Warning, "Direct-path signaling refused from {Requester} to {Peer}: {Reason}")]
+    public static partial void SignalRefused(ILogger logger, string requester, string peer, string reason);
+
     [LoggerMessage(20, LogLevel.Warning, "Token refresh refused ({Code}): {Reason}")]
     public static partial void RefreshRefused(ILogger logger, string code, string reason);
 

@@ -1,8 +1,12 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using Ferry.Core.ControlPlane;
 using Ferry.Core.Paths;
+using Ferry.Paths.Ice;
 using Ferry.Quic;
 using Ferry.Relay;
 using Microsoft.Extensions.Logging;
@@ -10,14 +14,18 @@ using Microsoft.Extensions.Logging;
 namespace Ferry.Paths;
 
 /// <summary>
-/// A client's or connector's data plane: one QUIC endpoint that owns the UDP socket (STUN shares it, told apart by first
-/// byte), and a relay pool whose packets become one relayed QUIC path per remote peer. Relayed works at once and always;
-/// direct paths come with NAT traversal.
+/// A client's or connector's data plane: one QUIC endpoint that owns the UDP socket (STUN and connectivity checks share it,
+/// told apart by first byte), a relay pool whose packets become one relayed QUIC path per remote peer, and the
+/// <see cref="IceAgent"/> that finds direct paths. Relayed works at once and always; the client's <see cref="PathSelector"/>
+/// moves each connection to a direct path when one works and is quicker.
 /// </summary>
 public sealed partial class DataPlaneEndpoint : IAsyncDisposable
 {
     private readonly QuicEndpoint _quic;
     private readonly StunDiscovery _stun;
+    private readonly IceAgent _ice;
+    private volatile IReadOnlyList<RelayInfo> _relays = [];
+    private Task? _networkWatch;
     private readonly ConcurrentDictionary<string, RelayQuicPath> _relayPaths = new(StringComparer.Ordinal);
     private readonly ILogger _logger;
     private readonly CancellationTokenSource _stop = new();
@@ -38,7 +46,16 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         Certificate = certificate;
         Ca = ca;
         _stun = new StunDiscovery((datagram, destination, ct) => new ValueTask(_quic.SendNonQuicAsync(datagram, destination, ct)));
-        _quic.SetNonQuicPacketHandler((packet, from) => _stun.TryHandle(packet, from));
+        _ice = new IceAgent(!accepts, (datagram, destination, ct) => new ValueTask(_quic.SendNonQuicAsync(datagram, destination, ct)), SendRelayedAsync, GatherAsync, logger);
+        _quic.SetNonQuicPacketHandler((packet, from) =>
+        {
+            if (!_stun.TryHandle(packet, from))
+            {
+                _ice.TryHandleStun(packet.Span, from, relayPeer: null);
+            }
+        });
+        // Both ends notice a new address; the client also searches for direct paths again from it.
+        _networkWatch = Task.Run(() => WatchNetworkAsync(_stop.Token), CancellationToken.None);
     }
 
     public X509Certificate2 Certificate { get; private set; }
@@ -102,9 +119,152 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
     /// <summary>Asks every relay's STUN server for this socket's public address.</summary>
     public Task<StunReportMessage> DiscoverAsync(IReadOnlyList<RelayInfo> relays, CancellationToken ct) => _stun.RunAsync(relays, ct);
 
+    /// <summary>The latest STUN discovery's report (it is run again after a network change).</summary>
+    public StunReportMessage? LastStun => _stun.Last.Report;
+
+    /// <summary>Where the client's direct-path offers go: its controller session.</summary>
+    public SignalAsync? Signal
+    {
+        get => _ice.Signal;
+        set => _ice.Signal = value;
+    }
+
+    /// <summary>Signaling from a peer (through the controller); the connector answers through <paramref name="reply"/>.</summary>
+    public Task HandleSignalAsync(CandidatesMessage message, SignalAsync reply, CancellationToken ct) => _ice.HandleSignalAsync(message, reply, ct);
+
+    /// <summary>The controller could not pass this client's offer to <paramref name="peer"/>.</summary>
+    public void SignalingRefused(string peer, string reason) => _ice.SignalingRefused(peer, reason);
+
+    /// <summary>
+    /// Client: starts the search for a direct path to <paramref name="connector"/> for a connection made over the relay, and the
+    /// selector that moves the connection between the two. <paramref name="firstFlow"/> (a <see cref="Stopwatch"/> timestamp)
+    /// is when the first flow asked for the connection, for the time-to-direct figure.
+    /// </summary>
+    public PathSelector SelectPaths(string connector, QuicConnection connection, long firstFlow)
+    {
+        var session = _ice.Start(connector);
+        return new PathSelector(connector, connection, RelayPathTo(connector), session, _ice, _quic, () => _pool?.RelayFor(connector), LocalFailure, firstFlow, _logger);
+    }
+
+    /// <summary>What this end's STUN discovery says about its chances of a direct path, if anything.</summary>
+    private string? LocalFailure()
+    {
+        var last = _stun.Last;
+        return last.Report switch
+        {
+            { Status: "failed" } report => $"this device's STUN queries to the relays got no answer ({report.Error}): outbound UDP looks blocked here",
+            _ when last.Mapped.Count > 1 => $"this device's NAT maps per destination ({string.Join(", ", last.Mapped)}), which only a peer with a public address can reach",
+            _ => null,
+        };
+    }
+
+    /// <summary>This end's candidates: an address per interface (on the socket's port), then what STUN learned (waited for briefly).</summary>
+    private async Task<IReadOnlyList<Candidate>> GatherAsync(CancellationToken ct)
+    {
+        var port = LocalEndPoint.Port;
+        var candidates = new List<Candidate>();
+        var preference = 65535;
+        foreach (var address in HostAddresses(LocalEndPoint.Address))
+        {
+            candidates.Add(new Candidate(CandidateKind.Host, new IPEndPoint(address, port), Candidate.PriorityOf(CandidateKind.Host, preference--)));
+        }
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        wait.CancelAfter(TimeSpan.FromSeconds(3));
+        try
+        {
+            await _stun.WaitAsync(wait.Token);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            // No STUN answer yet: offer the host addresses now; a later offer carries the rest.
+        }
+        preference = 65535;
+        foreach (var mapped in _stun.Last.Mapped)
+        {
+            if (!candidates.Any(c => c.EndPoint.Equals(mapped)))
+            {
+                candidates.Add(new Candidate(CandidateKind.ServerReflexive, mapped, Candidate.PriorityOf(CandidateKind.ServerReflexive, preference--)));
+            }
+        }
+        return candidates;
+    }
+
+    /// <summary>The IPv4 addresses of the interfaces that are up, loopback and link-local left out (RFC 8445 §5.1.1.1).</summary>
+    private static List<IPAddress> HostAddresses(IPAddress bound)
+    {
+        if (!bound.Equals(IPAddress.Any))
+        {
+            return [bound];
+        }
+        try
+        {
+            return [.. NetworkInterface.GetAllNetworkInterfaces()
+                .Where(n => n.OperationalStatus is OperationalStatus.Up or OperationalStatus.Unknown && n.NetworkInterfaceType != NetworkInterfaceType.Loopback)
+                .SelectMany(n => n.GetIPProperties().UnicastAddresses)
+                .Select(u => u.Address)
+                .Where(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a) && !(a.GetAddressBytes() is [169, 254, ..]))
+                .Distinct()];
+        }
+        catch (NetworkInformationException)
+        {
+            return [];
+        }
+    }
+
+    /// <summary>
+    /// Polls the host's addresses once a second. When they change (a new network, a DHCP renewal), the relay links are made
+    /// again from the new address, STUN runs again, and the client re-offers its candidates so every search starts over.
+    /// </summary>
+    private async Task WatchNetworkAsync(CancellationToken ct)
+    {
+        var known = string.Join(",", HostAddresses(LocalEndPoint.Address));
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+        try
+        {
+            while (await timer.WaitForNextTickAsync(ct))
+            {
+                var now = string.Join(",", HostAddresses(LocalEndPoint.Address));
+                if (now == known)
+                {
+                    continue;
+                }
+                LogNetworkChanged(_logger, known, now);
+                known = now;
+                _stun.Invalidate();
+                var relays = _relays;
+                await _relayLock.WaitAsync(ct);
+                try
+                {
+                    // Links made from the old address may be dead without knowing it yet.
+                    _relayKey = "";
+                }
+                finally
+                {
+                    _relayLock.Release();
+                }
+                await UpdateRelaysAsync(relays, ct);
+                _ice.Restart();
+                var report = await DiscoverAsync(relays, ct);
+                LogRediscovered(_logger, report.Status, report.MappedAddress ?? "-");
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
+        {
+        }
+    }
+
+    private async ValueTask SendRelayedAsync(string peer, ReadOnlyMemory<byte> packet, CancellationToken ct)
+    {
+        if (_pool is { } pool)
+        {
+            await pool.SendAsync(peer, packet, ct);
+        }
+    }
+
     /// <summary>Connects to the relays in the list (again only when the list changed).</summary>
     public async Task UpdateRelaysAsync(IReadOnlyList<RelayInfo> relays, CancellationToken ct)
     {
+        _relays = relays;
         var endpoints = relays.SelectMany(r => r.Tcp).Select(ParseEndpoint).OfType<RelayEndpoint>().ToArray();
         var key = string.Join(",", endpoints.Select(e => e.ToString()));
         await _relayLock.WaitAsync(ct);
@@ -192,7 +352,13 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         {
             await foreach (var packet in pool.Packets.ReadAllAsync(ct))
             {
-                RelayPathTo(packet.FromPeer).Deliver(packet.Packet.Span);
+                var span = packet.Packet.Span;
+                // Connectivity checks probe the relayed path too; a STUN message carries the magic cookie a QUIC packet almost never has there.
+                if (Ferry.Stun.StunPacket.IsStun(span) && _ice.TryHandleStun(span, null, packet.FromPeer))
+                {
+                    continue;
+                }
+                RelayPathTo(packet.FromPeer).Deliver(span);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or System.Threading.Channels.ChannelClosedException)
@@ -222,6 +388,11 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         {
             await _pump.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         }
+        if (_networkWatch is not null)
+        {
+            await _networkWatch.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+        await _ice.DisposeAsync();
         await _quic.DisposeAsync();
         _stun.Dispose();
         _stop.Dispose();
@@ -229,6 +400,12 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
 
     [LoggerMessage(500, LogLevel.Information, "Relays in use: {Count} ({Endpoints})")]
     private static partial void LogRelays(ILogger logger, int count, string endpoints);
+
+    [LoggerMessage(502, LogLevel.Information, "Network changed: host addresses {Before} -> {After}; reconnecting relays and searching for direct paths again")]
+    private static partial void LogNetworkChanged(ILogger logger, string before, string after);
+
+    [LoggerMessage(503, LogLevel.Information, "STUN after the network change: {Status}, mapped address {Mapped}")]
+    private static partial void LogRediscovered(ILogger logger, string status, string mapped);
 
     [LoggerMessage(501, LogLevel.Warning, "Relay refused a ticket ({Reason}): {Message}")]
     private static partial void LogBindRefused(ILogger logger, string reason, string message);

@@ -134,6 +134,7 @@ public sealed partial class QuicConnection
     private void SendLocked(byte[] buffer, int length, in ngtcp2_path path, TaskCompletionSource? sent)
     {
         var local = ResolveLocal(path.local);
+        _bytesSent += length;
         (local.Sink ?? _endpoint).EnqueueSend(buffer, length, ResolveRemote(path.remote), sent);
     }
 

@@ -12,6 +12,8 @@ namespace Ferry.Quic;
 /// <param name="BytesInFlight">Sent and not yet acknowledged or declared lost.</param>
 /// <param name="MaxUdpPayloadSize">Largest UDP payload currently sent on the path.</param>
 /// <param name="PtoCount">Consecutive probe timeouts (grows while the path is dead).</param>
+/// <param name="BytesSent">UDP payload bytes this connection has sent, on every path.</param>
+/// <param name="BytesReceived">UDP payload bytes this connection has received, on every path.</param>
 public readonly record struct QuicConnectionStatistics(
     TimeSpan SmoothedRtt,
     TimeSpan MinRtt,
@@ -20,10 +22,16 @@ public readonly record struct QuicConnectionStatistics(
     long CongestionWindow,
     long BytesInFlight,
     int MaxUdpPayloadSize,
-    int PtoCount);
+    int PtoCount,
+    long BytesSent,
+    long BytesReceived);
 
 public sealed partial class QuicConnection
 {
+    // Guarded by _lock, like every other piece of connection state.
+    private long _bytesSent;
+    private long _bytesReceived;
+
     /// <summary>Current RTT, congestion and path figures from ngtcp2.</summary>
     public unsafe QuicConnectionStatistics GetStatistics()
     {
@@ -41,7 +49,9 @@ public sealed partial class QuicConnection
                 (long)stat.cwnd,
                 (long)stat.bytes_in_flight,
                 (int)stat.max_tx_udp_payload_size,
-                (int)stat.pto_count);
+                (int)stat.pto_count,
+                _bytesSent,
+                _bytesReceived);
         }
     }
 }

@@ -423,6 +423,7 @@ public sealed partial class QuicConnection : IAsyncDisposable
                 return;
             }
 
+            _bytesReceived += datagram.Length;
             if (!_locals.Contains(local) && _locals.Count < 16)
             {
                 _locals.Add(local); // a new local address (relay path, other socket): remember where its packets go

@@ -445,7 +445,8 @@ public static partial class AdminEndpoints
 
     private static async Task<IResult> ListDevicesAsync(ControllerStore store, SessionRegistry sessions, CancellationToken ct)
         => Results.Ok((await store.ListDevicesAsync(ct)).Select(d => new DeviceView(
-            d.Id, d.Name, d.OwnerKind, d.OwnerName ?? d.OwnerId, sessions.IsOnline(new PeerIdentity(PeerIdentity.Device, d.Id).ToString()), Time(d.CreatedAt), Time(d.TokenExpiresAt))));
+            d.Id, d.Name, d.OwnerKind, d.OwnerName ?? d.OwnerId, sessions.IsOnline(new PeerIdentity(PeerIdentity.Device, d.Id).ToString()), Time(d.CreatedAt), Time(d.TokenExpiresAt),
+            sessions.PathsOf(new PeerIdentity(PeerIdentity.Device, d.Id).ToString()))));
 
     /// <summary>Removes a device: its token stops working, its session ends, and connectors close its flows and refuse its certificate.</summary>
     private static async Task<IResult> RemoveDeviceAsync(string device, ControllerStore store, SessionRegistry sessions, ControllerOptions options, TimeProvider time, HttpContext http, CancellationToken ct)

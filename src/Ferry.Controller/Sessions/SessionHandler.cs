@@ -145,6 +145,9 @@ public sealed class SessionHandler(
                     case TicketRequestMessage request when daemon.Kind == PeerIdentity.Connector:
                         await HandleTicketRequestAsync(socket, requester, request, loopCt);
                         break;
+                    case CandidatesMessage candidates when daemon.Kind == PeerIdentity.Connector:
+                        await ForwardSignalAsync(socket, requester, candidates, loopCt);
+                        break;
                     case StunReportMessage report when daemon.Kind == PeerIdentity.Connector:
                         await store.UpdateStunAsync(daemon.Id, report.Status == "ok" ? "ok" : "failed", Truncate(report.MappedAddress ?? "", 64) is { Length: > 0 } m ? m : null,
                             JsonSerializer.Serialize(report.Relays.Take(32).ToArray()), report.Error is null ? null : Truncate(report.Error, 500), time.GetUtcNow().ToUnixTimeMilliseconds(), loopCt);
@@ -286,6 +289,12 @@ public sealed class SessionHandler(
                     case TicketRequestMessage ticketRequest:
                         await HandleTicketRequestAsync(socket, requester, ticketRequest, loopCt);
                         break;
+                    case CandidatesMessage candidates:
+                        await ForwardSignalAsync(socket, requester, candidates, loopCt);
+                        break;
+                    case PathReportMessage report:
+                        registry.ReportPaths(identity.ToString(), report.Paths.Take(64).ToArray());
+                        break;
                 }
                 return null;
             }, ct);
@@ -294,9 +303,30 @@ public sealed class SessionHandler(
         {
             registry.RemovePeer(identity.ToString(), sendToPeer);
             registry.RemoveCloser(identity.ToString(), close);
+            registry.ReportPaths(identity.ToString(), null);
             registry.RemovePolicyListener(sessionId);
             registry.RemoveRelayListener(sessionId);
             Log.ClientOffline(logger, identity.ToString(), closedBy ?? reason);
+        }
+    }
+
+    /// <summary>
+    /// Passes direct-path signaling between a device and a connector that policy lets talk, naming the sender as the peer;
+    /// the sender hears why when it cannot be passed on.
+    /// </summary>
+    private async Task ForwardSignalAsync(SessionSocket socket, TicketService.Requester requester, CandidatesMessage message, CancellationToken ct)
+    {
+        var (pair, refusal) = await tickets.AuthorizePairAsync(requester, message.Peer, ct);
+        if (pair is null)
+        {
+            Log.SignalRefused(logger, requester.Identity.ToString(), message.Peer, refusal!);
+            await socket.SendAsync(new ErrorMessage("signaling-refused", refusal!, message.Peer), ct);
+            return;
+        }
+        var forwarded = message with { Peer = requester.Identity.ToString(), Candidates = [.. (message.Candidates ?? []).Take(16)] };
+        if (!await registry.TrySendAsync(message.Peer, forwarded))
+        {
+            await socket.SendAsync(new ErrorMessage("signaling-refused", $"{message.Peer} has no session with this controller now", message.Peer), ct);
         }
     }
 

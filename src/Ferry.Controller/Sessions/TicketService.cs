@@ -15,6 +15,21 @@ public sealed class TicketService(ControllerStore store, DeploymentCertificateAu
 
     public async Task<(RelayTicket? Ticket, string? Refusal)> IssueAsync(Requester requester, string peerText, CancellationToken ct)
     {
+        var (pair, refusal) = await AuthorizePairAsync(requester, peerText, ct);
+        if (pair is null)
+        {
+            return (null, refusal);
+        }
+        var ticket = RelayTicket.Issue(ca.SigningKey, pair.Value.Device.ToString(), pair.Value.Connector.ToString(), time.GetUtcNow().Add(Lifetime));
+        return (ticket, null);
+    }
+
+    /// <summary>
+    /// Whether <paramref name="requester"/> and <paramref name="peerText"/> may talk at all (relay tickets, direct-path signaling):
+    /// a device and a connector of a network holding a resource granted to the device's owner.
+    /// </summary>
+    public async Task<((PeerIdentity Device, PeerIdentity Connector)? Pair, string? Refusal)> AuthorizePairAsync(Requester requester, string peerText, CancellationToken ct)
+    {
         if (!PeerIdentity.TryParse(peerText, out var peer))
         {
             return (null, $"'{peerText}' is not a peer identity (kind/id)");
@@ -48,7 +63,6 @@ public sealed class TicketService(ControllerStore store, DeploymentCertificateAu
         {
             return (null, $"{device} may not reach {connector}: no resource of network '{connectorRow.NetworkName}' is granted to its owner");
         }
-        var ticket = RelayTicket.Issue(ca.SigningKey, device.ToString(), connector.ToString(), time.GetUtcNow().Add(Lifetime));
-        return (ticket, null);
+        return ((device, connector), null);
     }
 }

@@ -87,7 +87,8 @@ public sealed record ServiceAccountCreateRequest(string Name);
 public sealed record ServiceAccountView(string Id, string Name, DateTimeOffset CreatedAt);
 
 /// <summary>A signed-in client device: whose it is and whether it holds a session now.</summary>
-public sealed record DeviceView(string Id, string Name, string OwnerKind, string Owner, bool Online, DateTimeOffset CreatedAt, DateTimeOffset SessionExpiresAt);
+/// <remarks><paramref name="Paths"/>: what the device's client last reported of its path to each connector (direct or relayed, round trips, bytes).</remarks>
+public sealed record DeviceView(string Id, string Name, string OwnerKind, string Owner, bool Online, DateTimeOffset CreatedAt, DateTimeOffset SessionExpiresAt, Ferry.Core.ControlPlane.PathStatus[]? Paths = null);
 
 /// <summary>A new service account with its key, which is shown this once and stored only as a hash.</summary>
 public sealed record ServiceAccountCreated(ServiceAccountView Account, string Key);

@@ -44,6 +44,13 @@ public sealed class ControllerSessionClient(Uri controller, ControllerTrust trus
         }
     }
 
+    /// <summary>Sends a message on the current session (signaling, reports); fails when there is none right now.</summary>
+    public Task SendAsync(SessionMessage message, CancellationToken ct)
+    {
+        var socket = _current ?? throw new InvalidOperationException("no session with the controller right now");
+        return socket.SendAsync(message, ct);
+    }
+
     /// <summary>Called once the controller accepted the session.</summary>
     public Func<WelcomeMessage, SessionSocket, CancellationToken, Task>? OnWelcome { get; set; }
 

@@ -23,6 +23,8 @@ namespace Ferry.Core.ControlPlane;
 [JsonDerivedType(typeof(TicketRequestMessage), "ticket-request")]
 [JsonDerivedType(typeof(TicketIssuedMessage), "ticket")]
 [JsonDerivedType(typeof(AccessMessage), "access")]
+[JsonDerivedType(typeof(CandidatesMessage), "candidates")]
+[JsonDerivedType(typeof(PathReportMessage), "path-report")]
 public abstract record SessionMessage
 {
     public static string Serialize(SessionMessage message) => JsonSerializer.Serialize(message, SessionJsonContext.Default.SessionMessage);
@@ -108,6 +110,38 @@ public sealed record TicketRequestMessage(string Peer) : SessionMessage;
 
 /// <summary>Controller → both named peers: a signed relay ticket; relays forward only between the two ends it names.</summary>
 public sealed record TicketIssuedMessage(string Peer, string Ticket, DateTimeOffset NotAfter) : SessionMessage;
+
+/// <summary>
+/// Signaling for a direct path, either way through the controller: this end's short-term ICE credentials and its candidates.
+/// Sent to the controller with <paramref name="Peer"/> naming the other end; the controller forwards it with <paramref name="Peer"/>
+/// naming the sender, and only between a device and a connector that policy lets talk. A new <paramref name="Ufrag"/> restarts the
+/// search (after a network change); <paramref name="Answer"/> marks the connector's reply, which is never answered again.
+/// </summary>
+public sealed record CandidatesMessage(string Peer, string Ufrag, string Password, CandidateInfo[] Candidates, bool Answer = false) : SessionMessage;
+
+/// <summary>One address a peer may be reached at on its data-plane socket: "host" (an interface address) or "srflx" (its NAT's, from STUN).</summary>
+public sealed record CandidateInfo(string Kind, string Address, uint Priority);
+
+/// <summary>Client → controller: the path to each connector it holds a connection to, for operators (replaced whole).</summary>
+public sealed record PathReportMessage(PathStatus[] Paths) : SessionMessage;
+
+/// <summary>
+/// The path a client's connection to one connector uses now: "direct" (with its two UDP addresses) or "relayed"; round-trip
+/// times of the direct and relayed paths as last measured, bytes each way, and why there is no direct path when there is none.
+/// </summary>
+public sealed record PathStatus(
+    string Connector,
+    string Kind,
+    string? Local,
+    string? Remote,
+    double? RttMs,
+    double? DirectRttMs,
+    double? RelayedRttMs,
+    long BytesSent,
+    long BytesReceived,
+    string? DirectFailure,
+    double? DirectAfterMs,
+    int Migrations);
 
 /// <summary>
 /// Controller → connector: the resources of its network and which owners (users, service accounts) may use which; replaced

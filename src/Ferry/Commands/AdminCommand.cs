@@ -287,14 +287,20 @@ internal static class AdminCommand
         return group;
     }
 
+    /// <summary>"connector/cn_x direct 1.2 ms; …": the kind and round trip of each path a device's client reported.</summary>
+    private static string PathSummary(Ferry.Core.ControlPlane.PathStatus[]? paths)
+        => paths is { Length: > 0 }
+            ? string.Join("; ", paths.Select(x => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{x.Connector} {x.Kind}{(x.RttMs is { } rtt ? $" {rtt:0.#} ms" : "")}")))
+            : "-";
+
     private static Command Devices()
     {
         var group = new Command("device", "Devices: the clients that signed in, one per machine and owner.");
         group.Subcommands.Add(Action(new Command("list", "List signed-in devices, their owners and whether they are online."), async (p, c, ct) =>
         {
             var all = await c.GetAsync<DeviceView[]>("/api/v1/devices", ct);
-            return Emit(p, all, () => Output.Table(["ID", "NAME", "OWNER", "ONLINE", "SESSION EXPIRES"],
-                all.Select(d => new[] { d.Id, d.Name, $"{d.OwnerKind} {d.Owner}", d.Online ? "yes" : "no", d.SessionExpiresAt.ToString("u", System.Globalization.CultureInfo.InvariantCulture) })));
+            return Emit(p, all, () => Output.Table(["ID", "NAME", "OWNER", "ONLINE", "SESSION EXPIRES", "PATHS"],
+                all.Select(d => new[] { d.Id, d.Name, $"{d.OwnerKind} {d.Owner}", d.Online ? "yes" : "no", d.SessionExpiresAt.ToString("u", System.Globalization.CultureInfo.InvariantCulture), PathSummary(d.Paths) })));
         }));
         var id = new Argument<string>("device") { Description = "Device id (dv_…, see 'ferry admin device list')" };
         group.Subcommands.Add(Action(new Command("remove", "Remove a device: its session ends, its live flows close and its certificate is refused. Its owner can sign in again; remove the user or service account to stop that.") { id }, async (p, c, ct) =>

@@ -63,6 +63,29 @@ public sealed class NetworkLab : IAsyncDisposable
         return (ifA, ifB);
     }
 
+    /// <summary>A switch inside <paramref name="ns"/>: a bridge holding <paramref name="address"/> (CIDR form), for hosts to join with <see cref="JoinBridgeAsync"/>; returns its name.</summary>
+    public async Task<string> BridgeAsync(string ns, string address)
+    {
+        var bridge = $"{_prefix}br{Interlocked.Increment(ref _links)}";
+        await RunAsync("ip", "-n", ns, "link", "add", bridge, "type", "bridge");
+        await RunAsync("ip", "-n", ns, "addr", "add", address, "dev", bridge);
+        await RunAsync("ip", "-n", ns, "link", "set", bridge, "up");
+        return bridge;
+    }
+
+    /// <summary>Plugs namespace <paramref name="host"/> into a bridge made by <see cref="BridgeAsync"/> with a veth pair; returns the host's interface name.</summary>
+    public async Task<string> JoinBridgeAsync(string bridgeNs, string bridge, string host, string hostAddress)
+    {
+        var n = Interlocked.Increment(ref _links);
+        var (port, ifHost) = ($"{_prefix}p{n}", $"{_prefix}h{n}");
+        await RunAsync("ip", "link", "add", port, "netns", bridgeNs, "type", "veth", "peer", "name", ifHost, "netns", host);
+        await RunAsync("ip", "-n", bridgeNs, "link", "set", port, "master", bridge);
+        await RunAsync("ip", "-n", host, "addr", "add", hostAddress, "dev", ifHost);
+        await RunAsync("ip", "-n", bridgeNs, "link", "set", port, "up");
+        await RunAsync("ip", "-n", host, "link", "set", ifHost, "up");
+        return ifHost;
+    }
+
     /// <summary>
     /// Writes /etc/netns/<paramref name="ns"/>/<paramref name="file"/>: 'ip netns exec' bind-mounts every file there over
     /// /etc/<paramref name="file"/> for the programs it starts in that namespace (processes started afterwards see it; this
