@@ -4,10 +4,16 @@ using Ferry.Benchmarks;
 using Ferry.Quic;
 
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- quic [--size-mib 256] [--runs 5] [--requests 1000] [--connections 200]
+// dotnet run -c Release --project bench/Ferry.Benchmarks -- time-to-direct [--runs 3]   (as root: network namespaces)
+if (args is ["time-to-direct", ..])
+{
+    return await TimeToDirect.RunAsync(args);
+}
+
 var options = Options.Parse(args);
 if (options is null)
 {
-    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]");
+    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]");
     return 2;
 }
 

@@ -127,6 +127,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         using var http = new HttpClient(options.Trust.CreateHandler()) { BaseAddress = options.Controller, Timeout = TimeSpan.FromSeconds(15) };
         var backoff = TimeSpan.FromSeconds(1);
         ClientLoginResult? login = null;
+        ClientLoginResult? openerLogin = null;
         while (!ct.IsCancellationRequested)
         {
             try
@@ -143,13 +144,18 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             SetResources(login.Resources);
             _session = new ControllerSessionClient(options.Controller, options.Trust, TimeProvider.System);
             var session = _session;
-            if (Opener is not null)
+            if (!ReferenceEquals(login, openerLogin))
             {
-                // A new sign-in means a new device identity: connections made as the old one are closed, not leaked.
-                await Opener.DisposeAsync();
+                if (Opener is not null)
+                {
+                    // A new sign-in means a new device identity: connections made as the old one are closed, not leaked.
+                    await Opener.DisposeAsync();
+                }
+                // A reconnect to the controller keeps the opener: live flows must not notice the control plane coming and going.
+                Opener = new QuicFlowOpener(() => _session, ct => _dataPlaneReady.Task.WaitAsync(ct), _logger);
+                openerLogin = login;
+                _firstOpener.TrySetResult(Opener);
             }
-            Opener = new QuicFlowOpener(session, ct => _dataPlaneReady.Task.WaitAsync(ct), _logger);
-            _firstOpener.TrySetResult(Opener);
             _session.OnWelcome = (_, _, _) =>
             {
                 _connected = true;

@@ -9,7 +9,8 @@ using Microsoft.Extensions.Logging;
 namespace Ferry.Client;
 
 /// <summary>Opens flows as QUIC streams: one connection per connector (relayed, with a ticket from the controller), one stream per flow (UDP payloads ride the connection's datagrams).</summary>
-public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func<CancellationToken, Task<DataPlaneEndpoint>> dataPlane, ILogger logger) : IFlowOpener, IAsyncDisposable
+/// <remarks><paramref name="session"/> gives the current controller session: connections outlive a reconnect to the controller.</remarks>
+public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> session, Func<CancellationToken, Task<DataPlaneEndpoint>> dataPlane, ILogger logger) : IFlowOpener, IAsyncDisposable
 {
     private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(20);
     private readonly ConcurrentDictionary<string, Lazy<Task<QuicConnection>>> _connections = new(StringComparer.Ordinal);
@@ -154,7 +155,8 @@ public sealed partial class QuicFlowOpener(ControllerSessionClient session, Func
             throw new InvalidOperationException("the data plane is not ready: the controller has not issued this device's certificate within 30 s");
         }
         // The relay forwards only for a pair the controller allowed; the controller hands the same ticket to the connector.
-        var ticket = await session.RequestTicketAsync(connector, timeout.Token);
+        var controller = session() ?? throw new InvalidOperationException("no session with the controller right now");
+        var ticket = await controller.RequestTicketAsync(connector, timeout.Token);
         await plane.BindTicketAsync(ticket.Ticket, timeout.Token);
         var connection = await plane.ConnectRelayedAsync(connector, timeout.Token);
         LogConnected(logger, connector, "relayed");

@@ -212,17 +212,35 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
     }
 
     /// <summary>
-    /// Polls the host's addresses once a second. When they change (a new network, a DHCP renewal), the relay links are made
-    /// again from the new address, STUN runs again, and the client re-offers its candidates so every search starts over.
+    /// Watches the host's addresses: the kernel's address-change notifications wake it at once, and a check every 10 s covers
+    /// systems that send none. When they change (a new network, a DHCP renewal), the relay links are made again from the new
+    /// address, STUN runs again, and the client re-offers its candidates so every search starts over.
     /// </summary>
     private async Task WatchNetworkAsync(CancellationToken ct)
     {
         var known = string.Join(",", HostAddresses(LocalEndPoint.Address));
-        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+        var changed = new SemaphoreSlim(0);
+        void OnChange(object? sender, EventArgs e)
+        {
+            if (changed.CurrentCount == 0)
+            {
+                changed.Release();
+            }
+        }
+        NetworkChange.NetworkAddressChanged += OnChange;
         try
         {
-            while (await timer.WaitForNextTickAsync(ct))
+            while (!ct.IsCancellationRequested)
             {
+                if (await changed.WaitAsync(TimeSpan.FromSeconds(10), ct))
+                {
+                    // Changes come in bursts (address removed, route replaced, address added): look once they settle.
+                    await Task.Delay(TimeSpan.FromMilliseconds(200), ct);
+                    while (changed.CurrentCount > 0)
+                    {
+                        await changed.WaitAsync(ct);
+                    }
+                }
                 var now = string.Join(",", HostAddresses(LocalEndPoint.Address));
                 if (now == known)
                 {
@@ -250,6 +268,11 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
         {
+        }
+        finally
+        {
+            NetworkChange.NetworkAddressChanged -= OnChange;
+            changed.Dispose();
         }
     }
 

@@ -376,6 +376,9 @@ public sealed partial class QuicConnection : IAsyncDisposable
         tp.initial_max_data = (ulong)_options.ConnectionReceiveWindow;
         tp.max_idle_timeout = ToNs(_options.IdleTimeout);
         tp.max_datagram_frame_size = (ulong)_options.MaxDatagramFrameSize;
+        // Every move between a relayed and a direct path uses a fresh connection ID on each side; with ngtcp2's default of 2
+        // a quick move back (direct → relay → direct) finds no spare ID and the peer silently drops the packets.
+        tp.active_connection_id_limit = 8;
         return tp;
     }
 

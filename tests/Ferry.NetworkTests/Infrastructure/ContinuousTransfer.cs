@@ -65,7 +65,7 @@ internal sealed class ContinuousTransfer : IAsyncDisposable
     public string? Fault => _fault;
 
     /// <summary>The longest time without a byte coming back so far: how long path changes held the stream up.</summary>
-    public TimeSpan LongestStall => TimeSpan.FromTicks(Math.Max(Interlocked.Read(ref _longestStallTicks), _clock.Elapsed.Ticks - Interlocked.Read(ref _lastByteTicks)));
+    public TimeSpan LongestStall => TimeSpan.FromTicks(Received == 0 ? 0 : Math.Max(Interlocked.Read(ref _longestStallTicks), _clock.Elapsed.Ticks - Interlocked.Read(ref _lastByteTicks)));
 
     public override string ToString()
         => $"transfer: sent {Sent} B, echoed back intact {Received} B, longest stall {LongestStall.TotalMilliseconds:0} ms, running {_clock.Elapsed.TotalSeconds:0.0} s, {(Fault is null ? "intact so far" : "BROKEN: " + Fault)}";
@@ -79,8 +79,9 @@ internal sealed class ContinuousTransfer : IAsyncDisposable
             while (await timer.WaitForNextTickAsync(_stopSending.Token))
             {
                 _data.Fill(buffer, _sent);
-                await _socket.SendAsync(buffer, SocketFlags.None, _abort.Token);
+                // Counted before the send returns: the echo of its first bytes can be back before it does.
                 Interlocked.Add(ref _sent, Chunk);
+                await _socket.SendAsync(buffer, SocketFlags.None, _abort.Token);
             }
         }
         catch (OperationCanceledException) when (_stopSending.IsCancellationRequested && !_abort.IsCancellationRequested)
@@ -123,7 +124,8 @@ internal sealed class ContinuousTransfer : IAsyncDisposable
                 }
                 var now = _clock.Elapsed.Ticks;
                 var gap = now - Interlocked.Exchange(ref _lastByteTicks, now);
-                if (gap > Interlocked.Read(ref _longestStallTicks))
+                // Stalls count from the first byte back: opening the flow is not a path change.
+                if (Received > 0 && gap > Interlocked.Read(ref _longestStallTicks))
                 {
                     Interlocked.Exchange(ref _longestStallTicks, gap);
                 }
@@ -178,7 +180,7 @@ internal sealed class ContinuousTransfer : IAsyncDisposable
             {
                 throw new Xunit.Sdk.XunitException($"fewer than {bytes} B came back within {timeout.TotalSeconds:0} s {what}\n{this}{diagnostics()}");
             }
-            await Task.Delay(50);
+            await Task.Delay(50, TestContext.Current.CancellationToken);
         }
     }
 

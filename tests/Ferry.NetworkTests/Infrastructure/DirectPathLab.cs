@@ -50,6 +50,7 @@ internal sealed record PathView(
     long Migrations)
 {
     /// <summary>The host part of <see cref="Remote"/>, or null.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
     public string? RemoteHost => Remote is not null && IPEndPoint.TryParse(Remote, out var endpoint) ? endpoint.Address.ToString() : null;
 }
 
@@ -115,6 +116,12 @@ internal sealed class DirectPathLab : IAsyncDisposable
 
     public DirectPathTopology Topology { get; }
     public DirectPathLabOptions Options { get; }
+
+    /// <summary>The topology and impairments in a few words, for reports.</summary>
+    public string Name => Topology
+        + (Options.BlockClientUdp ? ", client UDP blocked" : "")
+        + (Options.RelayLinkDelay > TimeSpan.Zero ? $", relay link +{Options.RelayLinkDelay.TotalMilliseconds:0} ms each way" : "");
+
     public string Pub { get; private set; } = "";
     public string RelayHost { get; private set; } = "";
     public string ClientRouter { get; private set; } = "";
@@ -567,9 +574,22 @@ internal sealed class DirectPathLab : IAsyncDisposable
     {
         const long window = 512 * 1024;
         var before = await MeterAsync();
-        await transfer.WaitForProgressAsync(window, TimeSpan.FromSeconds(30), when, Diagnostics);
+        Xunit.Sdk.XunitException? stalled = null;
+        try
+        {
+            await transfer.WaitForProgressAsync(window, TimeSpan.FromSeconds(30), when, Diagnostics);
+        }
+        catch (Xunit.Sdk.XunitException e)
+        {
+            stalled = e;
+        }
         var after = await MeterAsync();
         var (direct, relayed) = (after.Direct - before.Direct, after.Relayed - before.Relayed);
+        if (stalled is not null)
+        {
+            // Where the packets went while nothing came back tells a dead path from a dead relay.
+            throw new Xunit.Sdk.XunitException($"(meanwhile the connector host counted {direct} B of UDP and {relayed} B on relay links) {stalled.Message}", stalled);
+        }
         var (expected, other) = kind == "direct" ? (direct, relayed) : (relayed, direct);
         Assert.True(expected >= window && other < window / 4,
             $"while {window} B of the stream came back {when}, the connector host counted {direct} B of UDP (direct) and {relayed} B on relay links; "
@@ -630,7 +650,7 @@ internal sealed class DirectPathLab : IAsyncDisposable
     public string Diagnostics()
     {
         var text = new StringBuilder();
-        text.Append(CultureInfo.InvariantCulture, $"\n--- lab: {Topology}, {_relayDescription}, client UDP {(Options.BlockClientUdp ? "blocked" : "open")}, client at {ClientAddress}, connector at {ConnectorHostAddress} (UDP port {ConnectorUdpPort})");
+        text.Append(CultureInfo.InvariantCulture, $"\n--- lab: {Name}, {_relayDescription}, client at {ClientAddress}, connector at {ConnectorHostAddress} (UDP port {ConnectorUdpPort})");
         if (_delayLine is not null)
         {
             text.Append(CultureInfo.InvariantCulture, $", delay line: {_delayLine.Connections} connections{(_delayLine.Fault is { } fault ? ", fault: " + fault : "")}");
