@@ -126,7 +126,8 @@ public sealed record CandidateInfo(string Kind, string Address, uint Priority);
 public sealed record PathReportMessage(PathStatus[] Paths) : SessionMessage;
 
 /// <summary>
-/// The path a client's connection to one connector uses now: "direct" (with its two UDP addresses) or "relayed"; round-trip
+/// The path a client's connection to one connector uses now: "direct" (with its two UDP addresses) or "relayed" (Remote names
+/// the relay); round-trip
 /// times of the direct and relayed paths as last measured, bytes each way, and why there is no direct path when there is none.
 /// </summary>
 public sealed record PathStatus(
