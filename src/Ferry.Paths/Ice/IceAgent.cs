@@ -250,6 +250,7 @@ public sealed partial class IceAgent : IAsyncDisposable
             int unanswered = 0;
             while (!ct.IsCancellationRequested)
             {
+                var answersBefore = entry.Answers;
                 var signal = Signal;
                 if (signal is null)
                 {
@@ -269,7 +270,8 @@ public sealed partial class IceAgent : IAsyncDisposable
                     }
                 }
                 await entry.WaitAnswerOrReofferAsync(AnswerWait, ct).ConfigureAwait(false);
-                if (!session.HasRemote)
+                // Each offer needs its own answer: one sent on a controller session that died (the host moved) is lost.
+                if (entry.Answers == answersBefore)
                 {
                     if (++unanswered >= 3 && entry.SignalingFailure is null)
                     {
@@ -330,8 +332,14 @@ public sealed partial class IceAgent : IAsyncDisposable
 
         public bool Ended => Cancel.IsCancellationRequested || Loop is { IsCompleted: true };
 
+        private int _answers;
+
+        /// <summary>How many answers the peer has sent.</summary>
+        public int Answers => Volatile.Read(ref _answers);
+
         public void Answered()
         {
+            Interlocked.Increment(ref _answers);
             SignalingFailure = null;
             Nudge();
         }
