@@ -41,7 +41,6 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
 
     /// <summary>Which resource a destination belongs to, updated with every grant change.</summary>
     public ClientRoutes Routes { get; } = new();
-    private volatile StunReportMessage? _stun;
 
     public ResourceGrant[] Resources => _resources;
 
@@ -299,8 +298,8 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             try
             {
                 await plane.UpdateRelaysAsync(relays, ct);
-                _stun = await plane.DiscoverAsync(relays, ct);
-                Log.StunResult(_logger, _stun.Status, _stun.MappedAddress ?? "-", _stun.Error ?? "");
+                var stun = await plane.DiscoverAsync(relays, ct);
+                Log.StunResult(_logger, stun.Status, stun.MappedAddress ?? "-", stun.Error ?? "");
             }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or Ferry.Relay.RelayException)
             {
@@ -340,7 +339,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         _session?.Certificate?.NotAfter.ToUniversalTime(),
         _resources,
         _relays,
-        _dataPlane?.LastStun ?? _stun,
+        _dataPlane?.LastStun,
         Listeners(),
         [.. Opener?.ConnectedTo ?? []],
         [.. Opener?.Paths ?? []]);

@@ -163,14 +163,17 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
         // Traffic starts on the relay at once; the search for a direct path runs beside it.
         var selector = plane.SelectPaths(connector, connection, firstFlow);
         _selectors[connection] = selector;
-        _ = connection.Closed.ContinueWith(async _ =>
-        {
-            if (_selectors.TryRemove(connection, out var ended))
-            {
-                await ended.DisposeAsync();
-            }
-        }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        _ = ForgetSelectorWhenClosedAsync(connection);
         return connection;
+    }
+
+    private async Task ForgetSelectorWhenClosedAsync(QuicConnection connection)
+    {
+        await connection.Closed.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        if (_selectors.TryRemove(connection, out var ended))
+        {
+            await ended.DisposeAsync();
+        }
     }
 
     private void Forget(string connector)

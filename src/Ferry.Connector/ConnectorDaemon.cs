@@ -46,8 +46,10 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         var resolver = new NetworkNameResolver(options.DnsServer);
         var flows = new FlowHandler(resolver, new FlowHandlerOptions(), loggers.CreateLogger<FlowHandler>());
         CancellationTokenSource? discovery = null;
+        SessionSocket? current = null;
         loop.OnMessage = async (message, socket, sct) =>
         {
+            current = socket;
             switch (message)
             {
                 case CertificateIssuedMessage issued when _dataPlane is null:
@@ -55,6 +57,22 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                     // The data plane needs this connector's certificate: it starts with the first one.
                     _dataPlane = DataPlaneEndpoint.Create(options.UdpBind, loop.Session.Certificate!, X509Certificate2.CreateFromPem(issued.CaPem), acceptConnections: true, _logger);
                     Log.DataPlane(_logger, _dataPlane.LocalEndPoint.ToString());
+                    // After a network change the controller shows the new public address, as after a relay list change.
+                    _dataPlane.Rediscovered = async (report, rct) =>
+                    {
+                        Log.StunResult(_logger, report.Status, report.MappedAddress ?? "-", string.Join(",", report.Relays), report.Error ?? "");
+                        try
+                        {
+                            if (current is { } session)
+                            {
+                                await session.SendAsync(report, rct);
+                            }
+                        }
+                        catch (Exception e) when (e is System.Net.WebSockets.WebSocketException or ObjectDisposedException or IOException)
+                        {
+                            // Between sessions: the next relay list runs STUN again and reports.
+                        }
+                    };
                     _ = Task.Run(() => AcceptLoopAsync(_dataPlane, flows, ct), CancellationToken.None);
                     ApplyRelays(socket, sct);
                     break;

@@ -103,10 +103,16 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         {
             _quic.UpdateServerTls(new QuicTlsOptions { Certificate = certificate, TrustedCa = Ca });
         }
+        // Relay links authenticate with the certificate they were opened with: reconnect them with the new one.
+        await ReconnectRelaysAsync(relays, ct);
+    }
+
+    /// <summary>Makes new relay links even though the list did not change, carrying the bound tickets over.</summary>
+    private async Task ReconnectRelaysAsync(IReadOnlyList<RelayInfo> relays, CancellationToken ct)
+    {
         await _relayLock.WaitAsync(ct);
         try
         {
-            // Relay links authenticate with the certificate they were opened with: reconnect them with the new one.
             _relayKey = "";
         }
         finally
@@ -121,6 +127,9 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
 
     /// <summary>The latest STUN discovery's report (it is run again after a network change).</summary>
     public StunReportMessage? LastStun => _stun.Last.Report;
+
+    /// <summary>Called with the STUN report made after a network change (the connector tells the controller).</summary>
+    public Func<StunReportMessage, CancellationToken, Task>? Rediscovered { get; set; }
 
     /// <summary>Where the client's direct-path offers go: its controller session.</summary>
     public SignalAsync? Signal
@@ -250,20 +259,15 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
                 known = now;
                 _stun.Invalidate();
                 var relays = _relays;
-                await _relayLock.WaitAsync(ct);
-                try
-                {
-                    // Links made from the old address may be dead without knowing it yet.
-                    _relayKey = "";
-                }
-                finally
-                {
-                    _relayLock.Release();
-                }
-                await UpdateRelaysAsync(relays, ct);
+                // Links made from the old address may be dead without knowing it yet.
+                await ReconnectRelaysAsync(relays, ct);
                 _ice.Restart();
                 var report = await DiscoverAsync(relays, ct);
                 LogRediscovered(_logger, report.Status, report.MappedAddress ?? "-");
+                if (Rediscovered is { } rediscovered)
+                {
+                    await rediscovered(report, ct);
+                }
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)

@@ -36,8 +36,13 @@ public sealed class RelayTests
         var connectorSession = TestPeers.Connector(controller, connectorTokens);
         var connectorRelays = new TaskCompletionSource<RelayInfo[]>(TaskCreationOptions.RunContinuationsAsynchronously);
         var connectorTicket = new TaskCompletionSource<TicketIssuedMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var connectorSignal = new TaskCompletionSource<CandidatesMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
         connectorSession.OnMessage = (message, _, _) =>
         {
+            if (message is CandidatesMessage c)
+            {
+                connectorSignal.TrySetResult(c);
+            }
             if (message is RelaysMessage { Relays.Length: 2 } r)
             {
                 connectorRelays.TrySetResult(r.Relays);
@@ -52,7 +57,15 @@ public sealed class RelayTests
 
         // The device end: a service account signed in, holding its own session.
         var device = await TestPeers.DeviceAsync(controller, account.GetProperty("key").GetString()!, stop.Token);
-        var stranger = await TestPeers.DeviceAsync(controller, outsider.GetProperty("key").GetString()!, stop.Token);
+        var strangerErrors = new TaskCompletionSource<ErrorMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var stranger = await TestPeers.DeviceAsync(controller, outsider.GetProperty("key").GetString()!, stop.Token, m =>
+        {
+            if (m is ErrorMessage { Code: "signaling-refused" } e)
+            {
+                strangerErrors.TrySetResult(e);
+            }
+            return Task.CompletedTask;
+        });
 
         var relays = await connectorRelays.Task.WaitAsync(TimeSpan.FromSeconds(30), ct);
         var connectorIdentity = await TestPeers.WaitForAsync(() => connectorSession.Session.Identity, "connector identity");
@@ -63,6 +76,19 @@ public sealed class RelayTests
         // Policy decides who may talk through a relay: the outsider has no grant in corp.
         var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => stranger.Session.RequestTicketAsync(connectorIdentity, ct));
         Assert.Contains("no resource of network 'corp' is granted", refused.Message, StringComparison.Ordinal);
+
+        // Direct-path signaling follows the same rule: the outsider's offer is refused with the reason, and never reaches the connector.
+        var offer = new CandidatesMessage(connectorIdentity, "ufrag123", "password-of-twenty-four!", [new CandidateInfo("host", "10.9.9.9:4000", 1)]);
+        await stranger.Session.SendAsync(offer, ct);
+        var signalRefused = await strangerErrors.Task.WaitAsync(TimeSpan.FromSeconds(10), ct);
+        Assert.Equal(connectorIdentity, signalRefused.Subject);
+        Assert.Contains("no resource of network 'corp' is granted", signalRefused.Message, StringComparison.Ordinal);
+        // The granted device's offer arrives, naming the device (not whom the sender claimed) as the peer.
+        await device.Session.SendAsync(offer, ct);
+        var forwarded = await connectorSignal.Task.WaitAsync(TimeSpan.FromSeconds(10), ct);
+        Assert.Equal(device.Session.Identity, forwarded.Peer);
+        Assert.Equal("ufrag123", forwarded.Ufrag);
+        Assert.Equal("10.9.9.9:4000", Assert.Single(forwarded.Candidates).Address);
 
         var ticket = await device.Session.RequestTicketAsync(connectorIdentity, ct);
         var pushed = await connectorTicket.Task.WaitAsync(TimeSpan.FromSeconds(10), ct);

@@ -32,7 +32,7 @@ public sealed class SshProxyCommandTests
 
             // ssh starts the ProxyCommand through the shell, with %h and %p filled in, and speaks SSH over its stdin/stdout.
             var proxyCommand = $"{FerryProcess.BinaryPath} client --state {state} connect %h %p";
-            var ssh = await RunAsync("ssh",
+            var ssh = await ExternalProcess.CaptureAsync("ssh",
                 ["-F", "/dev/null", "-i", sshd.ClientKey, "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                  "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR", "-o", $"ProxyCommand={proxyCommand}",
                  "-p", sshd.Port.ToString(CultureInfo.InvariantCulture), "root@127.0.0.1", "echo through-ferry-$((6*7)); uname -n"],
@@ -62,31 +62,6 @@ public sealed class SshProxyCommandTests
         {
             Directory.Delete(dir, recursive: true);
         }
-    }
-
-    private static async Task<CommandResult> RunAsync(string file, string[] args, TimeSpan timeout, CancellationToken ct)
-    {
-        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        process.StandardInput.Close();
-        var stdout = process.StandardOutput.ReadToEndAsync(ct);
-        var stderr = process.StandardError.ReadToEndAsync(ct);
-        using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        bound.CancelAfter(timeout);
-        try
-        {
-            await process.WaitForExitAsync(bound.Token);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new Xunit.Sdk.XunitException($"{file} did not finish within {timeout.TotalSeconds:0} s");
-        }
-        return new CommandResult(process.ExitCode, await stdout, await stderr);
     }
 
     /// <summary>
@@ -132,7 +107,7 @@ public sealed class SshProxyCommandTests
             var clientKey = Path.Combine(dir, "id_ed25519");
             foreach (var key in new[] { hostKey, clientKey })
             {
-                var keygen = await RunAsync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f", key], TimeSpan.FromSeconds(30), ct);
+                var keygen = await ExternalProcess.CaptureAsync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "ferry-test", "-f", key], TimeSpan.FromSeconds(30), ct);
                 Assert.True(keygen.ExitCode == 0, $"ssh-keygen failed: {keygen}");
             }
             var authorizedKeys = Path.Combine(dir, "authorized_keys");

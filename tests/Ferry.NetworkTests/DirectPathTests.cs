@@ -1,3 +1,4 @@
+using Ferry.Core.ControlPlane;
 using Ferry.NetworkTests.Infrastructure;
 
 namespace Ferry.NetworkTests;
@@ -23,13 +24,10 @@ public sealed class DirectPathTests
     {
         NetworkLab.RequireAvailable();
         await using var lab = await DirectPathLab.BuildAsync(DirectPathTopology.BothBehindNat);
-        var probe = await lab.ProbeDirectUdpAsync();
-        Assert.True(probe.DirectPossible, $"premise: two endpoint-independent NATs must let plain UDP sockets reach each other; {probe}");
-        await lab.StartFerryAsync();
-        var transfer = await lab.StartTransferAsync();
+        var transfer = await StartAsync(lab, p => p.DirectPossible, "two endpoint-independent NATs must let plain UDP sockets reach each other");
 
         var path = await lab.WaitForPathAsync("direct", ToDirect, transfer, "both NATs map endpoint-independently");
-        Assert.True(path.RemoteHost == DirectPathLab.ConnectorWan,
+        Assert.True(DirectPathLab.RemoteHost(path) == DirectPathLab.ConnectorWan,
             $"the direct path must go to the connector NAT's public address {DirectPathLab.ConnectorWan}; it goes to {path.Remote}{lab.Diagnostics()}");
         await lab.RequireCarriedByAsync("direct", transfer, "on the direct path");
         RequireLogged(lab, ": direct ");
@@ -43,10 +41,7 @@ public sealed class DirectPathTests
     {
         NetworkLab.RequireAvailable();
         await using var lab = await DirectPathLab.BuildAsync(DirectPathTopology.SymmetricClientPublicConnector);
-        var probe = await lab.ProbeDirectUdpAsync();
-        Assert.True(probe.DirectPossible, $"premise: a public host must be able to answer a client behind a symmetric NAT where its packets come from; {probe}");
-        await lab.StartFerryAsync();
-        var transfer = await lab.StartTransferAsync();
+        var transfer = await StartAsync(lab, p => p.DirectPossible, "a public host must be able to answer a client behind a symmetric NAT where its packets come from");
 
         // The client's NAT maps each destination apart, so the connector can only learn it as a peer-reflexive candidate.
         var path = await lab.WaitForPathAsync("direct", ToDirect, transfer, "the connector is public and answers the client where its checks come from");
@@ -64,11 +59,8 @@ public sealed class DirectPathTests
     {
         NetworkLab.RequireAvailable();
         await using var lab = await DirectPathLab.BuildAsync(DirectPathTopology.BothSymmetric);
-        var probe = await lab.ProbeDirectUdpAsync();
-        Assert.True(probe.ClientMapped is not null && probe.ConnectorMapped is not null && !probe.ClientHeardConnector && !probe.ConnectorHeardClient,
-            $"premise: both hosts reach the internet over UDP, but two symmetric NATs let neither reach the other; {probe}");
-        await lab.StartFerryAsync();
-        var transfer = await lab.StartTransferAsync();
+        var transfer = await StartAsync(lab, p => p.ClientMapped is not null && p.ConnectorMapped is not null && !p.ClientHeardConnector && !p.ConnectorHeardClient,
+            "both hosts reach the internet over UDP, but two symmetric NATs let neither reach the other");
 
         var watch = await lab.WatchUntilDirectFailureAsync(SearchEnds, transfer);
         await lab.RequireCarriedByAsync("relayed", transfer, "after the direct search");
@@ -81,11 +73,8 @@ public sealed class DirectPathTests
     {
         NetworkLab.RequireAvailable();
         await using var lab = await DirectPathLab.BuildAsync(DirectPathTopology.BothBehindNat, new DirectPathLabOptions { BlockClientUdp = true });
-        var probe = await lab.ProbeDirectUdpAsync();
-        Assert.True(probe.ClientMapped is null && probe.ConnectorMapped is not null && !probe.ClientHeardConnector && !probe.ConnectorHeardClient,
-            $"premise: no UDP leaves or reaches the client's site, while the connector's does; {probe}");
-        await lab.StartFerryAsync();
-        var transfer = await lab.StartTransferAsync();
+        var transfer = await StartAsync(lab, p => p.ClientMapped is null && p.ConnectorMapped is not null && !p.ClientHeardConnector && !p.ConnectorHeardClient,
+            "no UDP leaves or reaches the client's site, while the connector's does");
 
         var watch = await lab.WatchUntilDirectFailureAsync(SearchEnds, transfer);
         await lab.RequireCarriedByAsync("relayed", transfer, "with UDP blocked");
@@ -98,10 +87,7 @@ public sealed class DirectPathTests
     {
         NetworkLab.RequireAvailable();
         await using var lab = await DirectPathLab.BuildAsync(DirectPathTopology.SameSegment);
-        var probe = await lab.ProbeDirectUdpAsync();
-        Assert.True(probe.DirectPossible, $"premise: two hosts on one segment must reach each other over UDP; {probe}");
-        await lab.StartFerryAsync();
-        var transfer = await lab.StartTransferAsync();
+        var transfer = await StartAsync(lab, p => p.DirectPossible, "two hosts on one segment must reach each other over UDP");
 
         var path = await lab.WaitForPathAsync("direct", ToDirect, transfer, "client and connector share a segment");
         var expected = $"{lab.ConnectorHostAddress}:{lab.ConnectorUdpPort}";
@@ -120,13 +106,10 @@ public sealed class DirectPathTests
         NetworkLab.RequireAvailable();
         // 40 ms on each pass over the relay's link: a relayed round trip crosses it four times, so it is 160 ms slower than direct.
         await using var lab = await DirectPathLab.BuildAsync(DirectPathTopology.BothBehindNat, new DirectPathLabOptions { RelayLinkDelay = TimeSpan.FromMilliseconds(40) });
-        var probe = await lab.ProbeDirectUdpAsync();
-        Assert.True(probe.DirectPossible, $"premise: two endpoint-independent NATs must let plain UDP sockets reach each other; {probe}");
-        await lab.StartFerryAsync();
-        var transfer = await lab.StartTransferAsync();
+        var transfer = await StartAsync(lab, p => p.DirectPossible, "two endpoint-independent NATs must let plain UDP sockets reach each other");
 
         var direct = await lab.WaitForPathAsync("direct", ToDirect, transfer, "the relay is 160 ms slower than the direct path");
-        Assert.True(direct.RemoteHost == DirectPathLab.ConnectorWan, $"the direct path must go to {DirectPathLab.ConnectorWan}; it goes to {direct.Remote}{lab.Diagnostics()}");
+        Assert.True(DirectPathLab.RemoteHost(direct) == DirectPathLab.ConnectorWan, $"the direct path must go to {DirectPathLab.ConnectorWan}; it goes to {direct.Remote}{lab.Diagnostics()}");
         Assert.True(direct.DirectRttMs is null || direct.RelayedRttMs is null || direct.RelayedRttMs > direct.DirectRttMs,
             $"with 160 ms more on the relay, the relayed round trip ({direct.RelayedRttMs} ms) must be measured longer than the direct one ({direct.DirectRttMs} ms){lab.Diagnostics()}");
         await lab.RequireCarriedByAsync("direct", transfer, "on the direct path");
@@ -155,10 +138,7 @@ public sealed class DirectPathTests
     {
         NetworkLab.RequireAvailable();
         await using var lab = await DirectPathLab.BuildAsync(DirectPathTopology.BothBehindNat);
-        var probe = await lab.ProbeDirectUdpAsync();
-        Assert.True(probe.DirectPossible, $"premise: two endpoint-independent NATs must let plain UDP sockets reach each other; {probe}");
-        await lab.StartFerryAsync();
-        var transfer = await lab.StartTransferAsync();
+        var transfer = await StartAsync(lab, p => p.DirectPossible, "two endpoint-independent NATs must let plain UDP sockets reach each other");
         var first = await lab.WaitForPathAsync("direct", ToDirect, transfer, "both NATs map endpoint-independently");
 
         // Mid-transfer the client host moves to a new address: its NAT mapping, and its relay link's source address, are gone.
@@ -167,7 +147,7 @@ public sealed class DirectPathTests
 
         // The status may still say direct from before the move; only a direct path that carries the stream again counts.
         var deadline = DateTime.UtcNow + DirectAfterMove;
-        PathView again;
+        PathStatus again;
         while (true)
         {
             again = await lab.WaitForPathAsync("direct", deadline - DateTime.UtcNow, transfer, "the client moved and must search again");
@@ -181,10 +161,19 @@ public sealed class DirectPathTests
                 // Mid-switch (relay and direct both carried part of the window): judge the next window.
             }
         }
-        Assert.True(again.RemoteHost == DirectPathLab.ConnectorWan, $"after the move the direct path must still go to {DirectPathLab.ConnectorWan}; it goes to {again.Remote}{lab.Diagnostics()}");
+        Assert.True(DirectPathLab.RemoteHost(again) == DirectPathLab.ConnectorWan, $"after the move the direct path must still go to {DirectPathLab.ConnectorWan}; it goes to {again.Remote}{lab.Diagnostics()}");
 
         await FinishAsync(lab, transfer);
         lab.RecordTimeToDirect("both-behind-eim-nat-client-moved", first);
+    }
+
+    /// <summary>Checks the topology's premise with plain UDP sockets (so a failure later points at Ferry), then starts Ferry and the stream.</summary>
+    private static async Task<ContinuousTransfer> StartAsync(DirectPathLab lab, Func<UdpProbeResult, bool> premise, string premiseText)
+    {
+        var probe = await lab.ProbeDirectUdpAsync();
+        Assert.True(premise(probe), $"premise: {premiseText}; {probe}");
+        await lab.StartFerryAsync();
+        return await lab.StartTransferAsync();
     }
 
     /// <summary>Ends the stream: every byte back intact, over the one TCP connection the echo service ever accepted.</summary>

@@ -16,7 +16,7 @@ public sealed class NatStunTests
         var nat = await lab.HostAsync("nat");
         var priv = await lab.HostAsync("priv");
         var (_, wan) = await lab.LinkAsync(pub, "198.18.0.1/24", nat, "198.18.0.2/24");
-        await lab.LinkAsync(nat, "198.19.1.1/24", priv, "198.19.1.2/24");
+        var (_, lan) = await lab.LinkAsync(nat, "198.19.1.1/24", priv, "198.19.1.2/24");
         await lab.DefaultRouteAsync(priv, "198.19.1.1");
         await lab.NatAsync(nat, wan);
 
@@ -38,6 +38,17 @@ public sealed class NatStunTests
         Assert.Equal("198.18.0.2", view.PublicIp);
         Assert.Contains("198.19.1.2", view.PrivateIps);
         Assert.Equal("online", view.State);
+
+        // The connector host moves to another address on its LAN: it notices, runs STUN again, and the controller hears of it.
+        // Without promote_secondaries, deleting the old (primary) address would take the new one in the same subnet with it.
+        await NetworkLab.RunAsync("ip", "netns", "exec", priv, "sysctl", "-qw", $"net.ipv4.conf.{lan}.promote_secondaries=1");
+        await NetworkLab.RunAsync("ip", "-n", priv, "addr", "add", "198.19.1.3/24", "dev", lan);
+        await NetworkLab.RunAsync("ip", "-n", priv, "route", "replace", "default", "via", "198.19.1.1", "src", "198.19.1.3");
+        await NetworkLab.RunAsync("ip", "-n", priv, "addr", "del", "198.19.1.2/24", "dev", lan);
+        await connector.WaitForLineAsync(l => l.Contains("Network changed: host addresses 198.19.1.2 -> 198.19.1.3", StringComparison.Ordinal), TimeSpan.FromSeconds(20), "the address change noticed");
+        var moved = await controller.WaitForConnectorAsync("behind-nat", v => v.Stun.At > view.Stun.At, TimeSpan.FromSeconds(30), "a STUN report after the move");
+        Assert.Equal("ok", moved.Stun.Status);
+        Assert.StartsWith("198.18.0.2:", moved.Stun.MappedAddress, StringComparison.Ordinal);
 
         // A client behind the same NAT learns the same public address on its own data-plane socket.
         var account = System.Text.Json.JsonDocument.Parse(await controller.AdminAsync("service-account", "create", "roamer", "--json")).RootElement.GetProperty("key").GetString();

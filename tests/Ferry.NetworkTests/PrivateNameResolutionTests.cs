@@ -56,9 +56,9 @@ public sealed class PrivateNameResolutionTests
 
         // The premise: from the client's namespace the name does not resolve and the address is not reachable;
         // from the connector's namespace both work (so a pass below is Ferry's doing, not the lab's).
-        var clientLookup = await NetworkLab.CaptureAsync("ip", ["netns", "exec", cli, "getent", "hosts", Name], TimeSpan.FromSeconds(20), Ct);
+        var clientLookup = await ExternalProcess.CaptureAsync("ip", ["netns", "exec", cli, "getent", "hosts", Name], TimeSpan.FromSeconds(20), Ct);
         Assert.True(clientLookup.ExitCode != 0, $"the client's namespace must not resolve {Name}: {clientLookup}");
-        var connectorLookup = await NetworkLab.CaptureAsync("ip", ["netns", "exec", conn, "getent", "hosts", Name], TimeSpan.FromSeconds(20), Ct);
+        var connectorLookup = await ExternalProcess.CaptureAsync("ip", ["netns", "exec", conn, "getent", "hosts", Name], TimeSpan.FromSeconds(20), Ct);
         Assert.True(connectorLookup.ExitCode == 0 && connectorLookup.Stdout.StartsWith(PrivateAddress + " ", StringComparison.Ordinal), $"the connector's namespace must resolve {Name}: {connectorLookup}");
         var direct = await TryConnectAsync(cli, PrivateAddress, ServicePort);
         Assert.True(direct is not null, $"the client's namespace must not reach {PrivateAddress}:{ServicePort}, but a TCP connection was made");

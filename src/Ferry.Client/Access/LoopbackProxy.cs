@@ -73,18 +73,7 @@ public abstract partial class LoopbackProxy : ILoopbackListener
         {
             throw new InvalidOperationException($"the {Kind} listener is already started");
         }
-        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            // Loopback only: these proxies carry no authentication of their own, so nothing off this host may reach them.
-            listener.Bind(new IPEndPoint(IPAddress.Loopback, Options.Port));
-            listener.Listen(1024);
-        }
-        catch
-        {
-            listener.Dispose();
-            throw;
-        }
+        var listener = LoopbackSocket.Bind(SocketType.Stream, Options.Port, backlog: 1024);
         _listener = listener;
         Log.Listening(Logger, Kind, LocalEndPoint);
         _acceptLoop = AcceptLoopAsync(listener, _stopping.Token);

@@ -191,7 +191,18 @@ public sealed class Socks5Server : LoopbackProxy
     private async Task AssociateUdpAsync(Socket control, NetworkStream stream, CancellationToken cancellationToken)
     {
         var client = ((IPEndPoint)control.RemoteEndPoint!).Address;
-        var association = new Socks5UdpAssociation(client, Routes, Opener, Options, $"{Kind} udp", Logger, cancellationToken);
+        Socks5UdpAssociation association;
+        try
+        {
+            association = new Socks5UdpAssociation(client, Routes, Opener, Options, $"{Kind} udp", Logger, cancellationToken);
+        }
+        catch (SocketException e)
+        {
+            // No relay socket (out of ports or descriptors): the application hears "general failure" instead of a bare close.
+            Log.HandshakeRefused(Logger, Kind, $"cannot open a UDP relay socket for {client}: {e.Message}");
+            await WriteReplyAsync(stream, ReplyGeneralFailure, cancellationToken);
+            return;
+        }
         await using (association)
         {
             await WriteReplyAsync(stream, 0x00, cancellationToken, association.RelayEndPoint);

@@ -63,17 +63,7 @@ public sealed class UdpPortForward : ILoopbackListener
         {
             throw new InvalidOperationException($"the {Kind} listener is already started");
         }
-        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        try
-        {
-            // Loopback only: the forward carries no authentication of its own, so nothing off this host may reach it.
-            socket.Bind(new IPEndPoint(IPAddress.Loopback, _options.Port));
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
+        var socket = LoopbackSocket.Bind(SocketType.Dgram, _options.Port);
         _socket = socket;
         LoopbackProxy.Log.Listening(_logger, Kind, LocalEndPoint);
         _receiving = Task.Run(() => ReceiveAsync(socket, _stopping.Token), CancellationToken.None);

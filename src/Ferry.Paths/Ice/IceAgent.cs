@@ -30,6 +30,7 @@ public sealed partial class IceAgent : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly ConcurrentDictionary<string, Entry> _byPeer = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, Entry> _byUfrag = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<StunTransactionId, IceSession> _checks = new();
     private readonly CancellationTokenSource _stop = new();
 
     /// <param name="controlling">True on the client, which offers and picks paths; false on the connector, which answers.</param>
@@ -63,11 +64,13 @@ public sealed partial class IceAgent : IAsyncDisposable
         {
             throw new InvalidOperationException("Only the controlling end (the client) starts connectivity checks; the connector answers offers.");
         }
-        var entry = _byPeer.AddOrUpdate(peer, p => NewEntry(p), (p, old) =>
+        var entry = NewEntry(peer);
+        _byPeer.AddOrUpdate(peer, entry, (_, old) =>
         {
             old.Dispose(this);
-            return NewEntry(p);
+            return entry;
         });
+        Run(entry);
         _ = Task.Run(() => OfferLoopAsync(entry), CancellationToken.None);
         return entry.Session;
     }
@@ -140,7 +143,16 @@ public sealed partial class IceAgent : IAsyncDisposable
                 LogBadSignal(_logger, message.Peer, $"already checking with {MaxSessions} peers");
                 return;
             }
-            existing = _byPeer.AddOrUpdate(message.Peer, p => NewEntry(p), (p, old) => old.Ended ? NewEntry(p) : old);
+            var fresh = NewEntry(message.Peer);
+            existing = _byPeer.AddOrUpdate(message.Peer, fresh, (_, old) => old.Ended ? fresh : old);
+            if (ReferenceEquals(existing, fresh))
+            {
+                Run(fresh);
+            }
+            else
+            {
+                fresh.Cancel.Dispose(); // Another offer from the same peer won the race; this one was never started.
+            }
         }
         existing.Session.SetRemote(remote, candidates);
         LogRemoteCandidates(_logger, message.Peer, Describe(candidates));
@@ -184,14 +196,9 @@ public sealed partial class IceAgent : IAsyncDisposable
         }
         if (message.Type.Class is StunMessageClass.SuccessResponse or StunMessageClass.ErrorResponse)
         {
-            var id = message.TransactionId;
-            foreach (var entry in _byPeer.Values)
+            if (_checks.TryGetValue(message.TransactionId, out var session))
             {
-                if (entry.Session.Owns(id))
-                {
-                    entry.Session.HandleResponse(message, relayPeer is null ? from : null);
-                    return true;
-                }
+                session.HandleResponse(message, relayPeer is null ? from : null);
             }
         }
         return true;
@@ -219,9 +226,13 @@ public sealed partial class IceAgent : IAsyncDisposable
     }
 
     private Entry NewEntry(string peer)
+        => new(new IceSession(peer, _controlling, IceCredentials.Create(), _checks), CancellationTokenSource.CreateLinkedTokenSource(_stop.Token));
+
+    /// <summary>Makes a session that won its place in the table reachable by its credentials, and starts its checks.</summary>
+    private void Run(Entry entry)
     {
-        var session = new IceSession(peer, _controlling, IceCredentials.Create());
-        var entry = new Entry(session, CancellationTokenSource.CreateLinkedTokenSource(_stop.Token));
+        var session = entry.Session;
+        var peer = session.Peer;
         _byUfrag[session.Local.Ufrag] = entry;
         entry.Loop = Task.Run(async () =>
         {
@@ -237,7 +248,6 @@ public sealed partial class IceAgent : IAsyncDisposable
                 }
             }
         }, CancellationToken.None);
-        return entry;
     }
 
     /// <summary>Offers this end's candidates until the peer answers (a few tries), and again now and then while no direct address works.</summary>
@@ -364,29 +374,30 @@ public sealed partial class IceAgent : IAsyncDisposable
             Task nudge;
             lock (_lock)
             {
-                if (_nudge.Task.IsCompleted)
-                {
-                    _nudge = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    return true;
-                }
                 nudge = _nudge.Task;
             }
-            var done = await Task.WhenAny(nudge, Task.Delay(wait, ct)).ConfigureAwait(false);
-            ct.ThrowIfCancellationRequested();
-            if (done == nudge)
+            try
             {
-                lock (_lock)
+                await nudge.WaitAsync(wait, ct).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                return false;
+            }
+            lock (_lock)
+            {
+                if (ReferenceEquals(_nudge.Task, nudge))
                 {
                     _nudge = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 }
-                return true;
             }
-            return false;
+            return true;
         }
 
         public void Dispose(IceAgent agent)
         {
             agent._byUfrag.TryRemove(new(Session.Local.Ufrag, this));
+            Session.ForgetPending();
             try
             {
                 Cancel.Cancel();

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using Ferry.Stun;
@@ -33,6 +34,8 @@ public sealed class IceSession
     private readonly Lock _lock = new();
     private readonly Dictionary<IPEndPoint, CheckTarget> _targets = [];
     private readonly Dictionary<StunTransactionId, Pending> _pending = [];
+    // The agent's index of every session's outstanding checks, so a response finds its session without a search.
+    private readonly ConcurrentDictionary<StunTransactionId, IceSession> _index;
     private readonly ulong _tieBreaker = BitConverter.ToUInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
     private readonly SemaphoreSlim _wake = new(0);
     private IceCredentials? _remote;
@@ -42,8 +45,9 @@ public sealed class IceSession
     private long _relayNextDue;
     private long _lastActivity = Stopwatch.GetTimestamp();
 
-    internal IceSession(string peer, bool controlling, IceCredentials local)
+    internal IceSession(string peer, bool controlling, IceCredentials local, ConcurrentDictionary<StunTransactionId, IceSession> index)
     {
+        _index = index;
         Peer = peer;
         Controlling = controlling;
         Local = local;
@@ -182,12 +186,16 @@ public sealed class IceSession
         return buffer[..writer.Length];
     }
 
-    /// <summary>Whether <paramref name="id"/> is one of this session's checks still waiting for an answer.</summary>
-    internal bool Owns(StunTransactionId id)
+    /// <summary>Drops this session's outstanding checks from the agent's index (the session ended).</summary>
+    internal void ForgetPending()
     {
         lock (_lock)
         {
-            return _pending.ContainsKey(id);
+            foreach (var id in _pending.Keys)
+            {
+                _index.TryRemove(new(id, this));
+            }
+            _pending.Clear();
         }
     }
 
@@ -207,6 +215,7 @@ public sealed class IceSession
                 return false;
             }
             _pending.Remove(response.TransactionId);
+            _index.TryRemove(new(response.TransactionId, this));
             long now = Stopwatch.GetTimestamp();
             double rtt = Stopwatch.GetElapsedTime(pending.Sent, now).TotalMilliseconds;
             _lastActivity = now;
@@ -323,6 +332,7 @@ public sealed class IceSession
         writer.AddMessageIntegrity(remote.Key);
         writer.AddFingerprint();
         _pending[id] = new Pending(target, now, remote.Key);
+        _index[id] = this;
         return buffer[..writer.Length];
     }
 
@@ -335,6 +345,7 @@ public sealed class IceSession
         foreach (var (id, pending) in _pending.Where(p => Stopwatch.GetElapsedTime(p.Value.Sent, now) > PendingLifetime).ToList())
         {
             _pending.Remove(id);
+            _index.TryRemove(new(id, this));
         }
     }
 

@@ -234,7 +234,7 @@ public enum UnixSignal
     Stop = 19,
 }
 
-/// <summary>A finished one-shot 'ferry' command.</summary>
+/// <summary>A finished one-shot command ('ferry' or another program).</summary>
 public sealed record CommandResult(int ExitCode, string Stdout, string Stderr)
 {
     public override string ToString() => $"exit {ExitCode}\nstdout:\n{Stdout}\nstderr:\n{Stderr}";
@@ -248,5 +248,35 @@ public static class FerryCli
         await using var process = FerryProcess.Start("ferry " + string.Join(' ', args.Take(3)), args, env, netns: netns);
         var code = await process.WaitForExitAsync(timeout ?? TimeSpan.FromSeconds(60));
         return new CommandResult(code, process.Stdout, process.Stderr);
+    }
+}
+
+/// <summary>Runs other programs (ssh, curl, ip, iptables) to completion.</summary>
+public static class ExternalProcess
+{
+    /// <summary>Runs a command with no input and returns its exit code and output whatever they are; it is killed after <paramref name="timeout"/>.</summary>
+    public static async Task<CommandResult> CaptureAsync(string file, string[] args, TimeSpan timeout, CancellationToken ct)
+    {
+        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(info)!;
+        process.StandardInput.Close();
+        var stdout = process.StandardOutput.ReadToEndAsync(ct);
+        var stderr = process.StandardError.ReadToEndAsync(ct);
+        using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        bound.CancelAfter(timeout);
+        try
+        {
+            await process.WaitForExitAsync(bound.Token);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            process.Kill(entireProcessTree: true);
+            throw new Xunit.Sdk.XunitException($"{file} {string.Join(' ', args)} did not finish within {timeout.TotalSeconds:0} s");
+        }
+        return new CommandResult(process.ExitCode, await stdout, await stderr);
     }
 }

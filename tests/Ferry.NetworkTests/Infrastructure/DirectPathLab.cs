@@ -1,3 +1,4 @@
+using Ferry.Core.ControlPlane;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -34,28 +35,8 @@ internal sealed record DirectPathLabOptions
     public TimeSpan RelayLinkDelay { get; init; }
 }
 
-/// <summary>One entry of the client status's "paths": the client's connection to one connector and the path it uses.</summary>
-internal sealed record PathView(
-    string? Connector,
-    string? Kind,
-    string? Local,
-    string? Remote,
-    double? RttMs,
-    double? DirectRttMs,
-    double? RelayedRttMs,
-    long BytesSent,
-    long BytesReceived,
-    string? DirectFailure,
-    double? DirectAfterMs,
-    long Migrations)
-{
-    /// <summary>The host part of <see cref="Remote"/>, or null.</summary>
-    [System.Text.Json.Serialization.JsonIgnore]
-    public string? RemoteHost => Remote is not null && IPEndPoint.TryParse(Remote, out var endpoint) ? endpoint.Address.ToString() : null;
-}
-
 /// <summary>What the client's status said over a watched window.</summary>
-internal sealed record PathWatch(PathView? Last, bool SawDirect, int Polls, TimeSpan Elapsed);
+internal sealed record PathWatch(PathStatus? Last, bool SawDirect, int Polls, TimeSpan Elapsed);
 
 /// <summary>Whether plain UDP sockets on the client and connector hosts can reach each other in the lab, without Ferry.</summary>
 internal sealed record UdpProbeResult(string? ClientMapped, string? ConnectorMapped, bool ClientHeardConnector, bool ConnectorHeardClient)
@@ -455,7 +436,7 @@ internal sealed class DirectPathLab : IAsyncDisposable
     }
 
     /// <summary>The "paths" entry for this lab's connector in 'ferry client status', or null when there is none (the raw JSON is kept for diagnostics).</summary>
-    public async Task<PathView?> PathAsync()
+    public async Task<PathStatus?> PathAsync()
     {
         var result = await FerryCli.RunAsync(["client", "--state", ClientState, "status"], timeout: TimeSpan.FromSeconds(20));
         if (result.ExitCode != 0)
@@ -472,7 +453,7 @@ internal sealed class DirectPathLab : IAsyncDisposable
                 _lastStatus = "(the status has no \"paths\" array)\n" + result.Stdout;
                 return null;
             }
-            return paths.Deserialize<PathView[]>(ControllerInstance.Json)?.FirstOrDefault(p => p.Connector?.EndsWith(ConnectorId, StringComparison.Ordinal) == true);
+            return paths.Deserialize<PathStatus[]>(ControllerInstance.Json)?.FirstOrDefault(p => p.Connector?.EndsWith(ConnectorId, StringComparison.Ordinal) == true);
         }
         catch (JsonException e)
         {
@@ -485,10 +466,10 @@ internal sealed class DirectPathLab : IAsyncDisposable
     /// Polls the client's status until the path to the connector has <paramref name="kind"/>, failing after
     /// <paramref name="timeout"/> or as soon as <paramref name="transfer"/> breaks; returns that path.
     /// </summary>
-    public async Task<PathView> WaitForPathAsync(string kind, TimeSpan timeout, ContinuousTransfer? transfer, string why)
+    public async Task<PathStatus> WaitForPathAsync(string kind, TimeSpan timeout, ContinuousTransfer? transfer, string why)
     {
         var watch = Stopwatch.StartNew();
-        PathView? last = null;
+        PathStatus? last = null;
         var polls = 0;
         while (true)
         {
@@ -518,7 +499,7 @@ internal sealed class DirectPathLab : IAsyncDisposable
     public async Task<PathWatch> WatchUntilDirectFailureAsync(TimeSpan timeout, ContinuousTransfer transfer)
     {
         var watch = Stopwatch.StartNew();
-        PathView? last = null;
+        PathStatus? last = null;
         var sawDirect = false;
         var polls = 0;
         while (watch.Elapsed < timeout)
@@ -545,7 +526,7 @@ internal sealed class DirectPathLab : IAsyncDisposable
         long direct = 0, relayed = 0;
         foreach (var chain in new[] { "INPUT", "OUTPUT" })
         {
-            var listing = await NetworkLab.CaptureAsync("ip", ["netns", "exec", ConnectorHost, "iptables", "-nvxL", chain], TimeSpan.FromSeconds(20), Ct);
+            var listing = await ExternalProcess.CaptureAsync("ip", ["netns", "exec", ConnectorHost, "iptables", "-nvxL", chain], TimeSpan.FromSeconds(20), Ct);
             foreach (var line in listing.Stdout.Split('\n'))
             {
                 var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
@@ -627,11 +608,14 @@ internal sealed class DirectPathLab : IAsyncDisposable
     public IReadOnlyList<string> ClientPathLines()
         => [.. Client.Output.Split('\n').Where(l => l.Contains("Path to ", StringComparison.Ordinal) && l.Contains(ConnectorId, StringComparison.Ordinal))];
 
+    /// <summary>The host part of a path's remote address, or null (a relayed path names its relay).</summary>
+    public static string? RemoteHost(PathStatus path) => path.Remote is not null && IPEndPoint.TryParse(path.Remote, out var endpoint) ? endpoint.Address.ToString() : null;
+
     /// <summary>
     /// Benchmark hook: when FERRY_BENCH_TIME_TO_DIRECT names a file, appends one JSON line with this topology's time to
     /// the first direct path and the remote it reached. Nothing is asserted on it.
     /// </summary>
-    public void RecordTimeToDirect(string topology, PathView path)
+    public void RecordTimeToDirect(string topology, PathStatus path)
     {
         if (Environment.GetEnvironmentVariable("FERRY_BENCH_TIME_TO_DIRECT") is not { Length: > 0 } file)
         {
@@ -644,7 +628,7 @@ internal sealed class DirectPathLab : IAsyncDisposable
         }
     }
 
-    public static string Describe(PathView? path) => path is null ? "missing from the status" : JsonSerializer.Serialize(path, ControllerInstance.Json);
+    public static string Describe(PathStatus? path) => path is null ? "missing from the status" : JsonSerializer.Serialize(path, ControllerInstance.Json);
 
     /// <summary>Everything needed to tell why a test failed: the lab, the last status, counters and every process's output.</summary>
     public string Diagnostics()

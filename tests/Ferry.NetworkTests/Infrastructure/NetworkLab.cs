@@ -120,34 +120,9 @@ public sealed class NetworkLab : IAsyncDisposable
         await RunAsync("ip", "netns", "exec", router, "iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP");
     }
 
-    /// <summary>Runs a command and returns its exit code and output whatever they are; it is killed after <paramref name="timeout"/>.</summary>
-    public static async Task<CommandResult> CaptureAsync(string file, string[] args, TimeSpan timeout, CancellationToken ct)
-    {
-        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync(ct);
-        var stderr = process.StandardError.ReadToEndAsync(ct);
-        using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        bound.CancelAfter(timeout);
-        try
-        {
-            await process.WaitForExitAsync(bound.Token);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new Xunit.Sdk.XunitException($"{file} {string.Join(' ', args)} did not finish within {timeout.TotalSeconds:0} s");
-        }
-        return new CommandResult(process.ExitCode, await stdout, await stderr);
-    }
-
     /// <summary>curl inside namespace <paramref name="ns"/>, bounded to 30 s (45 s for the process).</summary>
     public static Task<CommandResult> CurlAsync(string ns, string[] args, CancellationToken ct)
-        => CaptureAsync("ip", ["netns", "exec", ns, "curl", "-sS", "--max-time", "30", .. args], TimeSpan.FromSeconds(45), ct);
+        => ExternalProcess.CaptureAsync("ip", ["netns", "exec", ns, "curl", "-sS", "--max-time", "30", .. args], TimeSpan.FromSeconds(45), ct);
 
     public static async Task RunAsync(string file, params string[] args)
     {
