@@ -91,7 +91,8 @@ internal sealed class UdpFlowSession : IAsyncDisposable
             }
             using var inner = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             var send = SendAsync(flow, inner.Token);
-            var receive = ReceiveAsync(flow, toApplication, inner.Token);
+            // The application's socket gone or full loses the packet, as UDP would; the flow goes on.
+            var receive = UdpFlowDelivery.DeliverAllAsync(flow, toApplication, null, inner.Token);
             var idle = WaitForIdleAsync(flow, inner.Token);
             await Task.WhenAny(send, receive, idle, flow.Ended);
             string end;
@@ -153,34 +154,6 @@ internal sealed class UdpFlowSession : IAsyncDisposable
                     ArrayPool<byte>.Shared.Return(item.Buffer);
                 }
             }
-        }
-    }
-
-    private static async Task ReceiveAsync(IUdpFlow flow, Func<ReadOnlyMemory<byte>, CancellationToken, ValueTask> toApplication, CancellationToken cancellationToken)
-    {
-        var buffer = ArrayPool<byte>.Shared.Rent(UdpFlowFraming.MaxPayloadLength);
-        try
-        {
-            while (true)
-            {
-                var length = await flow.ReceiveAsync(buffer, cancellationToken);
-                if (length < 0)
-                {
-                    return;
-                }
-                try
-                {
-                    await toApplication(buffer.AsMemory(0, length), cancellationToken);
-                }
-                catch (SocketException)
-                {
-                    // The application's socket is gone or full: UDP loses the packet, the flow goes on.
-                }
-            }
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 

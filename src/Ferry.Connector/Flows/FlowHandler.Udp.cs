@@ -53,7 +53,7 @@ public sealed partial class FlowHandler
     private async Task<UdpFlowEnd> RelayUdpAsync(UdpFlowChannel flow, Socket socket, StrongBox<long> socketErrors, CancellationToken cancellationToken)
     {
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var up = ToDestinationAsync(flow, socket, socketErrors, stop.Token);
+        var up = UdpFlowDelivery.DeliverAllAsync(flow, (payload, ct) => SendToDestinationAsync(socket, payload, ct), socketErrors, stop.Token);
         var down = FromDestinationAsync(socket, flow, socketErrors, stop.Token);
         var idle = flow.WaitForIdleAsync(_options.UdpIdleTimeout, stop.Token);
         await Task.WhenAny(up, down, idle, flow.Ended);
@@ -86,37 +86,8 @@ public sealed partial class FlowHandler
         return await flow.Ended;
     }
 
-    private static async Task ToDestinationAsync(UdpFlowChannel flow, Socket socket, StrongBox<long> socketErrors, CancellationToken cancellationToken)
-    {
-        var buffer = ArrayPool<byte>.Shared.Rent(UdpFlowFraming.MaxPayloadLength);
-        try
-        {
-            while (true)
-            {
-                var length = await flow.ReceiveAsync(buffer, cancellationToken);
-                if (length < 0)
-                {
-                    return;
-                }
-                try
-                {
-                    await socket.SendAsync(buffer.AsMemory(0, length), SocketFlags.None, cancellationToken);
-                }
-                catch (SocketException)
-                {
-                    // An ICMP error left from an earlier packet, or a payload the destination's path cannot take: UDP loses it, the flow goes on.
-                    Interlocked.Increment(ref socketErrors.Value);
-                }
-            }
-        }
-        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-        {
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffer);
-        }
-    }
+    private static async ValueTask SendToDestinationAsync(Socket socket, ReadOnlyMemory<byte> payload, CancellationToken ct)
+        => await socket.SendAsync(payload, SocketFlags.None, ct);
 
     // Null when the flow ended or was stopped; the reason when the destination socket failed for good.
     private static async Task<string?> FromDestinationAsync(Socket socket, UdpFlowChannel flow, StrongBox<long> socketErrors, CancellationToken cancellationToken)

@@ -35,3 +35,48 @@ public readonly record struct UdpFlowCounters(long PacketsSent, long BytesSent, 
         => $"{PacketsSent} packets ({BytesSent} bytes) sent, {PacketsReceived} packets ({BytesReceived} bytes) received, "
             + $"{SentOnStream + ReceivedOnStream} over the stream, {Dropped} dropped";
 }
+
+/// <summary>What both ends of a UDP flow do with what arrives on it.</summary>
+public static class UdpFlowDelivery
+{
+    /// <summary>
+    /// Hands every payload the flow receives to <paramref name="deliver"/> until the flow ends or <paramref name="cancellationToken"/>
+    /// is cancelled. A payload the local socket refuses (an ICMP error left from an earlier packet, a full or closed socket, a size
+    /// the path cannot take) is lost as UDP loses packets, counted in <paramref name="socketErrors"/>, and the flow goes on.
+    /// </summary>
+    public static async Task DeliverAllAsync(IUdpFlow flow, Func<ReadOnlyMemory<byte>, CancellationToken, ValueTask> deliver, System.Runtime.CompilerServices.StrongBox<long>? socketErrors, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(flow);
+        ArgumentNullException.ThrowIfNull(deliver);
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(UdpFlowFraming.MaxPayloadLength);
+        try
+        {
+            while (true)
+            {
+                var length = await flow.ReceiveAsync(buffer, cancellationToken).ConfigureAwait(false);
+                if (length < 0)
+                {
+                    return;
+                }
+                try
+                {
+                    await deliver(buffer.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+                }
+                catch (System.Net.Sockets.SocketException)
+                {
+                    if (socketErrors is not null)
+                    {
+                        Interlocked.Increment(ref socketErrors.Value);
+                    }
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+}
