@@ -21,7 +21,7 @@ public sealed record ForwardRequest(string Spec);
 public sealed record ForwardAdded(string Listening);
 
 /// <summary>What the running client reports on its control socket.</summary>
-public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths);
+public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths, Routing.NetworkRoute[] Routes, string? Location);
 
 /// <summary>The client process: signs in, holds a controller session for its device certificate and grants, and answers local questions.</summary>
 public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
@@ -123,7 +123,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
 
     private async Task RunSessionsAsync(CancellationToken ct)
     {
-        using var http = new HttpClient(options.Trust.CreateHandler()) { BaseAddress = options.Controller, Timeout = TimeSpan.FromSeconds(15) };
+        using var http = new HttpClient(options.Trust.CreateHandler()) { Timeout = TimeSpan.FromSeconds(15) };
         var backoff = TimeSpan.FromSeconds(1);
         ClientLoginResult? login = null;
         ClientLoginResult? openerLogin = null;
@@ -135,7 +135,9 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             }
             catch (HttpRequestException e)
             {
-                Log.SessionEnded(_logger, "unreachable", $"cannot reach the controller at {options.Controller}: {e.Message}", backoff);
+                var unreachable = options.Controller.Current;
+                options.Controller.MoveNext(unreachable);
+                Log.SessionEnded(_logger, "unreachable", $"cannot reach the controller at {unreachable}: {e.Message}", backoff);
                 await DelayAsync(backoff, ct);
                 backoff = Next(backoff);
                 continue;
@@ -151,7 +153,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
                     await Opener.DisposeAsync();
                 }
                 // A reconnect to the controller keeps the opener: live flows must not notice the control plane coming and going.
-                Opener = new QuicFlowOpener(() => _session, ct => _dataPlaneReady.Task.WaitAsync(ct), _logger);
+                Opener = new QuicFlowOpener(() => _session, ct => _dataPlaneReady.Task.WaitAsync(ct), new Routing.ConnectorSelector(login.Identity, options.Location, TimeProvider.System), _logger);
                 openerLogin = login;
                 _firstOpener.TrySetResult(Opener);
             }
@@ -311,7 +313,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     private async Task<ClientLoginResult> SignInAsync(HttpClient http, CancellationToken ct)
     {
         var request = new ClientLoginRequest(options.User, options.Password, options.ServiceAccountKey, options.DeviceName, null);
-        using var response = await http.PostAsJsonAsync("/v1/client/login", request, ct);
+        using var response = await http.PostAsJsonAsync(new Uri(options.Controller.Current, "/v1/client/login"), request, ct);
         if (!response.IsSuccessStatusCode)
         {
             var problem = await ApiProblem.ReadAsync(response, ct);
@@ -330,7 +332,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     }
 
     public ClientStatus Status() => new(
-        options.Controller.ToString(),
+        options.Controller.Current.ToString(),
         _session?.Identity,
         _connected,
         _session?.TimeOffsetMs,
@@ -342,7 +344,9 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         _dataPlane?.LastStun,
         Listeners(),
         [.. Opener?.ConnectedTo ?? []],
-        [.. Opener?.Paths ?? []]);
+        [.. Opener?.Paths ?? []],
+        [.. Opener?.Routes ?? []],
+        options.Location?.Text);
 
     /// <summary>Serves GET /status and /resources on a Unix socket only the owner can open.</summary>
     private async Task<WebApplication> StartControlSocketAsync(CancellationToken ct)

@@ -5,7 +5,8 @@ namespace Ferry.Client;
 /// <summary>How a client runs; bound from 'ferry client up'.</summary>
 public sealed class ClientOptions
 {
-    public required Uri Controller { get; init; }
+    /// <summary>The controller's addresses, tried in turn.</summary>
+    public required Ferry.Core.ControlPlane.ControllerEndpoints Controller { get; init; }
     public required ControllerTrust Trust { get; init; }
     public string? User { get; init; }
     public string? Password { get; init; }
@@ -23,6 +24,9 @@ public sealed class ClientOptions
 
     /// <summary>Destinations that match no resource go straight out instead of being refused.</summary>
     public bool SplitTunnel { get; init; }
+
+    /// <summary>Where this client is, so it uses the nearest connector of each network; null when not set.</summary>
+    public Ferry.Core.Model.GeoLocation? Location { get; init; }
 
     /// <summary>Folder holding the local control socket that 'ferry client resources' and 'ferry status' talk to.</summary>
     public required string StateDirectory { get; init; }

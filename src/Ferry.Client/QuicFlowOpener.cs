@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Ferry.Client.Access;
+using Ferry.Client.Routing;
 using Ferry.Core.ControlPlane;
 using Ferry.Core.Flows;
 using Ferry.Paths;
@@ -8,140 +9,187 @@ using Microsoft.Extensions.Logging;
 
 namespace Ferry.Client;
 
-/// <summary>Opens flows as QUIC streams: one connection per connector (relayed, with a ticket from the controller), one stream per flow (UDP payloads ride the connection's datagrams).</summary>
-/// <remarks><paramref name="session"/> gives the current controller session: connections outlive a reconnect to the controller.</remarks>
-public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> session, Func<CancellationToken, Task<DataPlaneEndpoint>> dataPlane, ILogger logger) : IFlowOpener, IAsyncDisposable
+/// <summary>
+/// Opens flows as QUIC streams: one connection per connector (relayed at first, with a ticket from the controller), one
+/// stream per flow (UDP payloads ride the connection's datagrams). The <see cref="ConnectorSelector"/> says which of a
+/// network's connectors to use; when one does not answer, the next is tried at once.
+/// </summary>
+/// <remarks>
+/// <paramref name="session"/> gives the current controller session: connections outlive a reconnect to the controller, and
+/// while it is away flows keep opening on the connections already held.
+/// </remarks>
+public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> session, Func<CancellationToken, Task<DataPlaneEndpoint>> dataPlane, ConnectorSelector selector, ILogger logger) : IFlowOpener, IAsyncDisposable
 {
     private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(20);
+    // A connector that acknowledges nothing for this long (or a few round trips, if longer) is taken for dead.
+    private static readonly TimeSpan Unresponsive = TimeSpan.FromSeconds(1);
+    // Connecting gets less time while other connectors wait their turn, so a dead one costs little.
+    private static readonly TimeSpan ConnectTimeout = TimeSpan.FromSeconds(20);
+    private static readonly TimeSpan ConnectTimeoutWithAlternatives = TimeSpan.FromSeconds(5);
     private readonly ConcurrentDictionary<string, Lazy<Task<QuicConnection>>> _connections = new(StringComparer.Ordinal);
+    // The network each connection serves, so a held connection can stand in while the controller is away.
+    private readonly ConcurrentDictionary<string, string> _networkOf = new(StringComparer.Ordinal);
     // One path selector per connection: it moves the connection between the relayed path and a direct one.
     private readonly ConcurrentDictionary<QuicConnection, PathSelector> _selectors = new();
     private static readonly TimeSpan FirstListWait = TimeSpan.FromSeconds(10);
     private readonly TaskCompletionSource _firstList = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private volatile NetworkConnectors[] _connectors = [];
 
     /// <summary>The online connectors per network, as the controller last said.</summary>
     public void UpdateConnectors(NetworkConnectors[] connectors)
     {
-        _connectors = connectors;
+        selector.Update(connectors);
         _firstList.TrySetResult();
     }
+
+    /// <summary>The connector each network's flows go to now.</summary>
+    public IReadOnlyList<NetworkRoute> Routes => selector.Routes();
 
     /// <summary>The path each open connection uses now: direct or relayed, round trips, bytes, and why not direct.</summary>
     public IReadOnlyList<PathStatus> Paths => [.. _selectors.Where(s => !s.Key.Closed.IsCompleted).Select(s => s.Value.Status()).OrderBy(p => p.Connector, StringComparer.Ordinal)];
 
     /// <summary>The connectors this client holds a connection to now.</summary>
-    public IReadOnlyList<string> ConnectedTo => [.. _connections.Where(c => c.Value.IsValueCreated && c.Value.Value.IsCompletedSuccessfully).Select(c => c.Key)];
+    public IReadOnlyList<string> ConnectedTo => [.. _connections.Where(c => c.Value.IsValueCreated && c.Value.Value.IsCompletedSuccessfully && !c.Value.Value.Result.Closed.IsCompleted).Select(c => c.Key).Order(StringComparer.Ordinal)];
 
-    public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    public Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
     {
-        if (!_firstList.Task.IsCompleted)
+        ArgumentNullException.ThrowIfNull(resource);
+        ArgumentNullException.ThrowIfNull(header);
+        return OpenOnSomeConnectorAsync(resource, async (connection, ct) =>
         {
-            // A flow can come before the session's first connector list; waiting a moment beats refusing it.
-            await _firstList.Task.WaitAsync(FirstListWait, cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-        }
-        var candidates = _connectors.FirstOrDefault(n => n.Network == resource.Network)?.Connectors ?? [];
-        if (candidates.Length == 0)
-        {
-            return OpenedFlow.Refused(FlowStatus.Unreachable, $"no connector of network '{resource.Network}' is online");
-        }
-        var errors = new List<string>();
-        // Try the network's connectors in turn until one answers; they are interchangeable.
-        foreach (var connector in candidates)
-        {
+            var stream = await connection.OpenBidirectionalStreamAsync(ct);
             try
             {
-                var connection = await ConnectionToAsync(connector, cancellationToken);
-                var stream = await connection.OpenBidirectionalStreamAsync(cancellationToken);
-                try
+                await header.WriteAsync(stream, ct);
+                var reply = await AnswerAsync(connection, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
+                return new OpenedFlow(reply, stream, s =>
                 {
-                    await header.WriteAsync(stream, cancellationToken);
-                    using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                    timeout.CancelAfter(ReplyTimeout);
-                    var reply = await FlowReply.ReadAsync(stream, timeout.Token);
-                    return new OpenedFlow(reply, stream, s =>
-                    {
-                        ((QuicStream)s).CompleteWrites();
-                        return ValueTask.CompletedTask;
-                    });
-                }
-                catch
-                {
-                    await stream.DisposeAsync();
-                    throw;
-                }
+                    ((QuicStream)s).CompleteWrites();
+                    return ValueTask.CompletedTask;
+                });
             }
-            catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is QuicException or InvalidOperationException or Ferry.Relay.RelayException
-                or System.Security.Authentication.AuthenticationException or OperationCanceledException or FlowProtocolException or IOException)
+            catch
             {
-                Forget(connector);
-                errors.Add($"{connector}: {e.Message}");
-                LogConnectFailed(logger, connector, e.Message);
+                await stream.DisposeAsync();
+                throw;
             }
-        }
-        return OpenedFlow.Refused(FlowStatus.Unreachable, $"no connector of network '{resource.Network}' answered: {string.Join("; ", errors)}");
+        }, reason => OpenedFlow.Refused(FlowStatus.Unreachable, reason), cancellationToken);
     }
 
     /// <summary>
     /// Opens a UDP flow: a stream for its header, reply and lifetime, with payloads on the connection's datagrams (see
     /// <see cref="UdpFlowFraming"/>). Connector choice and tickets are those of TCP flows.
     /// </summary>
-    public async Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    public Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(resource);
         ArgumentNullException.ThrowIfNull(header);
+        return OpenOnSomeConnectorAsync(resource, async (connection, ct) =>
+        {
+            var datagrams = QuicUdpDatagrams.For(connection);
+            var stream = await connection.OpenBidirectionalStreamAsync(ct);
+            // The mux owns the stream from here: it disposes it on refusal or failure.
+            var (reply, flow) = await AnswerAsync(connection, datagrams.OpenAsync(stream.Id, stream, s =>
+            {
+                ((QuicStream)s).CompleteWrites();
+                return ValueTask.CompletedTask;
+            }, header, ct), ct);
+            return new OpenedUdpFlow(reply, flow);
+        }, reason => OpenedUdpFlow.Refused(FlowStatus.Unreachable, reason), cancellationToken);
+    }
+
+    /// <summary>Tries the network's connectors in the selector's order until one answers; they are interchangeable.</summary>
+    private async Task<T> OpenOnSomeConnectorAsync<T>(ResourceGrant resource, Func<QuicConnection, CancellationToken, Task<T>> open, Func<string, T> refused, CancellationToken cancellationToken)
+    {
         if (!_firstList.Task.IsCompleted)
         {
+            // A flow can come before the session's first connector list; waiting a moment beats refusing it.
             await _firstList.Task.WaitAsync(FirstListWait, cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         }
-        var candidates = _connectors.FirstOrDefault(n => n.Network == resource.Network)?.Connectors ?? [];
-        if (candidates.Length == 0)
+        var candidates = selector.Candidates(resource.Network, HeldFor(resource.Network));
+        if (candidates.Count == 0)
         {
-            return OpenedUdpFlow.Refused(FlowStatus.Unreachable, $"no connector of network '{resource.Network}' is online");
+            return refused($"no connector of network '{resource.Network}' is online");
         }
         var errors = new List<string>();
-        foreach (var connector in candidates)
+        for (var i = 0; i < candidates.Count; i++)
         {
+            var connector = candidates[i];
             try
             {
-                var connection = await ConnectionToAsync(connector, cancellationToken);
-                var datagrams = QuicUdpDatagrams.For(connection);
-                var stream = await connection.OpenBidirectionalStreamAsync(cancellationToken);
+                var connection = await ConnectionToAsync(connector, resource.Network, i < candidates.Count - 1 ? ConnectTimeoutWithAlternatives : ConnectTimeout, cancellationToken);
                 using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
                 timeout.CancelAfter(ReplyTimeout);
-                // The mux owns the stream from here: it disposes it on refusal or failure.
-                var (reply, flow) = await datagrams.OpenAsync(stream.Id, stream, s =>
-                {
-                    ((QuicStream)s).CompleteWrites();
-                    return ValueTask.CompletedTask;
-                }, header, timeout.Token);
-                return new OpenedUdpFlow(reply, flow);
+                var opened = await open(connection, timeout.Token);
+                selector.Succeeded(resource.Network, connector);
+                return opened;
             }
-            catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is QuicException or InvalidOperationException or Ferry.Relay.RelayException
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is QuicException or InvalidOperationException or Ferry.Relay.RelayException or TimeoutException
                 or System.Security.Authentication.AuthenticationException or OperationCanceledException or FlowProtocolException or IOException)
             {
-                Forget(connector);
+                selector.Failed(resource.Network, connector);
                 errors.Add($"{connector}: {e.Message}");
                 LogConnectFailed(logger, connector, e.Message);
             }
         }
-        return OpenedUdpFlow.Refused(FlowStatus.Unreachable, $"no connector of network '{resource.Network}' answered: {string.Join("; ", errors)}");
+        return refused($"no connector of network '{resource.Network}' answered: {string.Join("; ", errors)}");
     }
 
-    private async Task<QuicConnection> ConnectionToAsync(string connector, CancellationToken ct)
+    /// <summary>
+    /// Waits for the connector's answer to a flow, but only while the connection shows the connector alive: a killed or cut-off
+    /// connector acknowledges nothing, and waiting the whole reply timeout for it would stall every flow behind it.
+    /// </summary>
+    private static async Task<T> AnswerAsync<T>(QuicConnection connection, Task<T> answer, CancellationToken ct)
     {
-        var lazy = _connections.GetOrAdd(connector, c => new Lazy<Task<QuicConnection>>(() => ConnectAsync(c)));
+        var asked = System.Diagnostics.Stopwatch.GetTimestamp();
+        while (true)
+        {
+            var stats = connection.GetStatistics();
+            var limit = Unresponsive + (stats.SmoothedRtt * 3) + (stats.RttVariance * 4);
+            if (System.Diagnostics.Stopwatch.GetElapsedTime(asked) > limit && connection.SinceLastReceived > limit)
+            {
+                throw new TimeoutException($"the connector acknowledged nothing for {connection.SinceLastReceived.TotalSeconds:0.0} s");
+            }
+            if (await Task.WhenAny(answer, Task.Delay(100, ct)) == answer)
+            {
+                return await answer;
+            }
+            ct.ThrowIfCancellationRequested();
+        }
+    }
+
+    /// <summary>Connectors of <paramref name="network"/> this client holds a live connection to.</summary>
+    private IEnumerable<string> HeldFor(string network)
+        => ConnectedTo.Where(c => _networkOf.GetValueOrDefault(c) == network);
+
+    private async Task<QuicConnection> ConnectionToAsync(string connector, string network, TimeSpan connectTimeout, CancellationToken ct)
+    {
+        var lazy = _connections.GetOrAdd(connector, c => new Lazy<Task<QuicConnection>>(() => ConnectAsync(c, connectTimeout)));
         var connection = await lazy.Value.WaitAsync(ct);
         if (connection.Closed.IsCompleted)
         {
             Forget(connector);
-            lazy = _connections.GetOrAdd(connector, c => new Lazy<Task<QuicConnection>>(() => ConnectAsync(c)));
+            lazy = _connections.GetOrAdd(connector, c => new Lazy<Task<QuicConnection>>(() => ConnectAsync(c, connectTimeout)));
             connection = await lazy.Value.WaitAsync(ct);
         }
+        _networkOf[connector] = network;
         return connection;
     }
 
-    private async Task<QuicConnection> ConnectAsync(string connector)
+    private async Task<QuicConnection> ConnectAsync(string connector, TimeSpan connectTimeout)
+    {
+        try
+        {
+            return await ConnectOnceAsync(connector, connectTimeout);
+        }
+        catch
+        {
+            // A failed attempt must not stay cached: the next flow tries afresh.
+            Forget(connector);
+            throw;
+        }
+    }
+
+    private async Task<QuicConnection> ConnectOnceAsync(string connector, TimeSpan connectTimeout)
     {
         long firstFlow = System.Diagnostics.Stopwatch.GetTimestamp();
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
@@ -154,17 +202,25 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
         {
             throw new InvalidOperationException("the data plane is not ready: the controller has not issued this device's certificate within 30 s");
         }
+        timeout.CancelAfter(connectTimeout);
         // The relay forwards only for a pair the controller allowed; the controller hands the same ticket to the connector.
-        var controller = session() ?? throw new InvalidOperationException("no session with the controller right now");
-        var ticket = await controller.RequestTicketAsync(connector, timeout.Token);
-        await plane.BindTicketAsync(ticket.Ticket, timeout.Token);
-        var connection = await plane.ConnectRelayedAsync(connector, timeout.Token);
-        LogConnected(logger, connector, "relayed");
-        // Traffic starts on the relay at once; the search for a direct path runs beside it.
-        var selector = plane.SelectPaths(connector, connection, firstFlow);
-        _selectors[connection] = selector;
-        _ = ForgetSelectorWhenClosedAsync(connection);
-        return connection;
+        var controller = session() ?? throw new InvalidOperationException("no session with the controller right now, and no connection to this connector yet");
+        try
+        {
+            var ticket = await controller.RequestTicketAsync(connector, timeout.Token);
+            await plane.BindTicketAsync(ticket.Ticket, timeout.Token);
+            var connection = await plane.ConnectRelayedAsync(connector, timeout.Token);
+            LogConnected(logger, connector, "relayed");
+            // Traffic starts on the relay at once; the search for a direct path runs beside it.
+            var paths = plane.SelectPaths(connector, connection, firstFlow);
+            _selectors[connection] = paths;
+            _ = ForgetSelectorWhenClosedAsync(connection);
+            return connection;
+        }
+        catch (OperationCanceledException) when (timeout.IsCancellationRequested)
+        {
+            throw new TimeoutException($"no connection within {connectTimeout.TotalSeconds:0} s");
+        }
     }
 
     private async Task ForgetSelectorWhenClosedAsync(QuicConnection connection)

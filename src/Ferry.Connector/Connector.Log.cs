@@ -5,7 +5,7 @@ namespace Ferry.Connector;
 internal static partial class Log
 {
     [LoggerMessage(100, LogLevel.Information, "Connector {Name} ({Id}) starting; controller {Controller} trusted by {Trust}")]
-    public static partial void Starting(ILogger logger, string name, string id, Uri controller, string trust);
+    public static partial void Starting(ILogger logger, string name, string id, Ferry.Core.ControlPlane.ControllerEndpoints controller, string trust);
 
     [LoggerMessage(105, LogLevel.Information, "Certificate received, valid until {NotAfter:u}")]
     public static partial void CertificateReceived(ILogger logger, DateTimeOffset notAfter);
@@ -42,6 +42,12 @@ internal static partial class Log
 
     [LoggerMessage(116, LogLevel.Information, "Device {Identity} revoked: closing its connection and flows")]
     public static partial void DeviceRevoked(ILogger logger, string identity);
+
+    [LoggerMessage(117, LogLevel.Warning, "Resource {Resource} is {Status} from here: {Detail}")]
+    public static partial void ResourceProblem(ILogger logger, string resource, string status, string detail);
+
+    [LoggerMessage(118, LogLevel.Information, "Resource {Resource} is reachable again from here")]
+    public static partial void ResourceRecovered(ILogger logger, string resource);
 
     [LoggerMessage(130, LogLevel.Debug, "Client {Identity}: {Unknown} datagrams for no live UDP flow and {Malformed} malformed ones were dropped")]
     public static partial void DatagramsDropped(ILogger logger, string identity, long unknown, long malformed);

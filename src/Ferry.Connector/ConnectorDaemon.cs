@@ -16,6 +16,10 @@ namespace Ferry.Connector;
 public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory loggers)
 {
     private static readonly TimeSpan TicketBindTimeout = TimeSpan.FromSeconds(30);
+    // Resources are checked this often, and soon after the access table changes.
+    private static readonly TimeSpan ResourceCheckInterval = TimeSpan.FromSeconds(60);
+    // A status the controller already has is sent again this often anyway, with the current flow count.
+    private static readonly TimeSpan StatusRefresh = TimeSpan.FromSeconds(30);
     // QUIC application close code telling the client its device was removed.
     private const long DeviceRevokedCode = 3;
     private readonly ILogger _logger = loggers.CreateLogger<ConnectorDaemon>();
@@ -26,6 +30,9 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
     // Client connections by device identity, so a removed device's connection can be closed at once.
     private readonly System.Collections.Concurrent.ConcurrentDictionary<QuicConnection, string> _connections = new();
     private volatile IReadOnlySet<string> _revokedDevices = new HashSet<string>(StringComparer.Ordinal);
+    private volatile ResourceGrant[] _resources = [];
+    private volatile ResourceCheck[] _checks = [];
+    private readonly SemaphoreSlim _accessChanged = new(0, 1);
 
     /// <summary>A flow in progress: whose it is, where it goes (once admitted), and how to end it.</summary>
     private sealed class LiveFlow(string owner, CancellationTokenSource cancel)
@@ -47,6 +54,14 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         var flows = new FlowHandler(resolver, new FlowHandlerOptions(), loggers.CreateLogger<FlowHandler>());
         CancellationTokenSource? discovery = null;
         SessionSocket? current = null;
+        loop.OnWelcome = (_, socket, _) =>
+        {
+            current = socket;
+            return Task.CompletedTask;
+        };
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var checks = Task.Run(() => CheckResourcesAsync(new Health.ResourceChecker(resolver, TimeSpan.FromSeconds(3)), stop.Token), CancellationToken.None);
+        var reports = Task.Run(() => ReportStatusAsync(() => current, stop.Token), CancellationToken.None);
         loop.OnMessage = async (message, socket, sct) =>
         {
             current = socket;
@@ -82,6 +97,18 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                     break;
                 case AccessMessage access:
                     _access = ToTable(access);
+                    _resources = access.Resources;
+                    if (_accessChanged.CurrentCount == 0)
+                    {
+                        try
+                        {
+                            _accessChanged.Release();
+                        }
+                        catch (SemaphoreFullException)
+                        {
+                            // Already signalled: one check covers both changes.
+                        }
+                    }
                     _revokedDevices = new HashSet<string>(access.RevokedDevices ?? [], StringComparer.Ordinal);
                     Log.AccessChanged(_logger, access.Resources.Length, access.Grants.Length);
                     ApplyNetworkSettings(access.Network, resolver);
@@ -113,10 +140,86 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         }
         finally
         {
+            await stop.CancelAsync();
+            await Task.WhenAll(checks, reports).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             if (_dataPlane is not null)
             {
                 await _dataPlane.DisposeAsync();
             }
+        }
+    }
+
+    /// <summary>
+    /// Checks the network's resources from here every minute and soon after the access table changes: connectors of one
+    /// network are meant to be interchangeable, and the controller flags a resource some of them cannot resolve or reach.
+    /// </summary>
+    private async Task CheckResourcesAsync(Health.ResourceChecker checker, CancellationToken ct)
+    {
+        try
+        {
+            while (!ct.IsCancellationRequested)
+            {
+                await _accessChanged.WaitAsync(ResourceCheckInterval, ct);
+                var resources = _resources;
+                var before = _checks.ToDictionary(c => c.ResourceId, StringComparer.Ordinal);
+                var now = await checker.CheckAsync(resources, ct);
+                foreach (var (resource, check) in resources.Zip(now))
+                {
+                    var was = before.GetValueOrDefault(resource.Id)?.Status;
+                    if (check.Status is "unresolvable" or "unreachable" && was != check.Status)
+                    {
+                        Log.ResourceProblem(_logger, resource.Name, check.Status, check.Detail ?? "");
+                    }
+                    else if (check.Status == "ok" && was is "unresolvable" or "unreachable")
+                    {
+                        Log.ResourceRecovered(_logger, resource.Name);
+                    }
+                }
+                _checks = now;
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Tells the controller how many clients this connector serves (clients spread by it) and what the resource checks found:
+    /// at once when either changes, on every new session, and every <see cref="StatusRefresh"/> anyway.
+    /// </summary>
+    private async Task ReportStatusAsync(Func<SessionSocket?> session, CancellationToken ct)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(250));
+        ConnectorStatusMessage? sent = null;
+        SessionSocket? sentOn = null;
+        var sentAt = DateTimeOffset.MinValue;
+        try
+        {
+            while (await timer.WaitForNextTickAsync(ct))
+            {
+                if (session() is not { } socket)
+                {
+                    continue;
+                }
+                var status = new ConnectorStatusMessage(_connections.Count, _live.Count, _checks);
+                if (socket == sentOn && sent is not null && sent.Clients == status.Clients && sent.Resources.SequenceEqual(status.Resources)
+                    && DateTimeOffset.UtcNow - sentAt < StatusRefresh)
+                {
+                    continue;
+                }
+                try
+                {
+                    await socket.SendAsync(status, ct);
+                    (sent, sentOn, sentAt) = (status, socket, DateTimeOffset.UtcNow);
+                }
+                catch (Exception e) when (e is System.Net.WebSockets.WebSocketException or ObjectDisposedException or IOException or InvalidOperationException)
+                {
+                    // Between sessions: the next one gets the status when it starts.
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
         }
     }
 

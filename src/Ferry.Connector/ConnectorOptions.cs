@@ -5,7 +5,7 @@ namespace Ferry.Connector;
 /// <summary>How a connector runs; bound from 'ferry connector'.</summary>
 public sealed class ConnectorOptions
 {
-    public required Uri Controller { get; init; }
+    public required Ferry.Core.ControlPlane.ControllerEndpoints Controller { get; init; }
     public required ControllerTrust Trust { get; init; }
 
     /// <summary>Where the token pair lives; rewritten atomically (0600) on every rotation.</summary>

@@ -87,6 +87,7 @@ public static class ControllerHost
         builder.Services.AddSingleton<SessionRegistry>();
         builder.Services.AddSingleton<SessionHandler>();
         builder.Services.AddSingleton<RelayDirectory>();
+        builder.Services.AddSingleton<ConnectorDirectory>();
         builder.Services.AddSingleton<TicketService>();
         builder.Services.AddProblemDetails();
         // Unreadable bodies throw, so ProblemMiddleware answers them with problem+json like every other refusal.

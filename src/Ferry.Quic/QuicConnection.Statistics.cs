@@ -31,6 +31,10 @@ public sealed partial class QuicConnection
     // Guarded by _lock, like every other piece of connection state.
     private long _bytesSent;
     private long _bytesReceived;
+    private long _lastReceived = System.Diagnostics.Stopwatch.GetTimestamp();
+
+    /// <summary>How long ago the peer's last packet was accepted: a peer that acknowledges nothing for many round trips is gone.</summary>
+    public TimeSpan SinceLastReceived => System.Diagnostics.Stopwatch.GetElapsedTime(Volatile.Read(ref _lastReceived));
 
     /// <summary>Current RTT, congestion and path figures from ngtcp2.</summary>
     public unsafe QuicConnectionStatistics GetStatistics()

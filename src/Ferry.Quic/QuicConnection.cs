@@ -446,6 +446,7 @@ public sealed partial class QuicConnection : IAsyncDisposable
                 return;
             }
 
+            Volatile.Write(ref _lastReceived, System.Diagnostics.Stopwatch.GetTimestamp());
             if (_handshakeCompletedPending)
             {
                 _handshakeCompletedPending = false;

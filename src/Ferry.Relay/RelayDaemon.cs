@@ -11,7 +11,7 @@ namespace Ferry.Relay;
 /// <summary>How a relay process runs; bound from 'ferry relay'.</summary>
 public sealed class RelayDaemonOptions
 {
-    public required Uri Controller { get; init; }
+    public required Ferry.Core.ControlPlane.ControllerEndpoints Controller { get; init; }
     public required ControllerTrust Trust { get; init; }
     public required string TokensPath { get; init; }
 

@@ -122,7 +122,7 @@ public sealed class DataPlaneTests
             var ca = X509Certificate2.CreateFromPem(device.Session.CaPem!);
             var plane = DataPlaneEndpoint.Create(new IPEndPoint(IPAddress.Loopback, 0), certificate, ca, acceptConnections: false, NullLogger.Instance);
             await plane.UpdateRelaysAsync(relays!.Relays, ct);
-            var opener = new QuicFlowOpener(() => device.Session, _ => Task.FromResult(plane), NullLogger.Instance);
+            var opener = new QuicFlowOpener(() => device.Session, _ => Task.FromResult(plane), new Ferry.Client.Routing.ConnectorSelector(device.Session.Identity!, null, TimeProvider.System), NullLogger.Instance);
             opener.UpdateConnectors(resources!.Connectors!);
             return new TestClient(plane, opener, Assert.Single(resources.Resources));
         }

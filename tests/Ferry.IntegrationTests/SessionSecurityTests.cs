@@ -25,7 +25,7 @@ public sealed class SessionSecurityTests
         {
             await Task.Delay(wait, TestContext.Current.CancellationToken);
         }
-        var session = new ControllerSessionClient(new Uri(controller.Url), ControllerTrust.Create(controller.Fingerprint, null), TimeProvider.System);
+        var session = new ControllerSessionClient(ControllerEndpoints.Of(new Uri(controller.Url)), ControllerTrust.Create(controller.Fingerprint, null), TimeProvider.System);
         var outcome = await session.RunAsync(tokens.AccessToken, TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
         Assert.True(outcome.Refused);
         Assert.Equal("token-expired", outcome.Code);

@@ -45,10 +45,11 @@ public static partial class AdminEndpoints
         api.MapPost("/connectors", ProvisionConnectorAsync);
         api.MapDelete("/connectors/{connector}", RemoveConnectorAsync);
 
-        api.MapGet("/resources", async (string? network, ControllerStore store, CancellationToken ct) =>
+        api.MapGet("/resources", async (string? network, ControllerStore store, ConnectorDirectory connectors, CancellationToken ct) =>
         {
             var net = network is null ? null : await RequireNetworkAsync(store, network, ct);
-            return (await store.ListResourcesAsync(net?.Id, ct)).Select(ToView);
+            var disagreements = (await connectors.DisagreementsAsync(net?.Id, ct)).ToDictionary(d => d.ResourceId, StringComparer.Ordinal);
+            return (await store.ListResourcesAsync(net?.Id, ct)).Select(r => ToView(r) with { Warning = disagreements.GetValueOrDefault(r.Id)?.Summary });
         });
         api.MapPost("/resources", AddResourceAsync);
         api.MapDelete("/resources/{resource}", RemoveResourceAsync);
@@ -188,11 +189,14 @@ public static partial class AdminEndpoints
         return Results.Ok(await ConnectorViewAsync(store, tokens, options, row, time, ct));
     }
 
-    private static async Task<IResult> RemoveConnectorAsync(string connector, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
+    /// <summary>Removes a connector: its session ends (its tokens no longer work) and clients stop routing to it.</summary>
+    private static async Task<IResult> RemoveConnectorAsync(string connector, ControllerStore store, SessionRegistry sessions, TimeProvider time, HttpContext http, CancellationToken ct)
     {
         var row = await store.FindDaemonAsync(PeerIdentity.Connector, connector, ct) ?? throw ApiException.NotFound("connector", connector);
         await store.DeleteDaemonAsync(row.Id, ct);
         await AuditAsync(http, store, time, "connector.remove", row.Name, ct);
+        await sessions.DisconnectAsync(new PeerIdentity(PeerIdentity.Connector, row.Id).ToString(), "connector removed by an administrator");
+        sessions.NotifyPolicyChanged();
         return Results.NoContent();
     }
 
@@ -204,6 +208,10 @@ public static partial class AdminEndpoints
         var history = details ? await store.ListStateChangesAsync(row.Id, 50, ct) : [];
         var events = details ? await store.ListEventsAsync(row.Id, 50, ct) : [];
         var offlineSince = row.OfflineSince ?? (online ? null : row.LastSeen ?? row.CreatedAt);
+        var status = ConnectorDirectory.StatusOf(row);
+        var resourceNames = details && status is not null && row.NetworkId is not null
+            ? (await store.ListResourcesAsync(row.NetworkId, ct)).ToDictionary(r => r.Id, r => r.Name, StringComparer.Ordinal)
+            : [];
         return new ConnectorView
         {
             Id = row.Id,
@@ -228,6 +236,9 @@ public static partial class AdminEndpoints
             CreatedAt = Time(row.CreatedAt),
             History = [.. history.Select(h => new StateChangeView(h.State, Time(h.At), h.Reason))],
             Events = [.. events.Select(e => new EventView(Time(e.At), e.Kind, e.Message))],
+            Clients = online ? status?.Clients : null,
+            Flows = online ? status?.Flows : null,
+            Resources = [.. (status?.Resources ?? []).Where(r => resourceNames.ContainsKey(r.ResourceId)).Select(r => new ResourceCheckView(resourceNames[r.ResourceId], r.Status, r.Detail))],
         };
     }
 
@@ -529,17 +540,7 @@ public static partial class AdminEndpoints
         {
             return null;
         }
-        var parts = location.Split(',');
-        if (parts.Length == 2)
-        {
-            if (!double.TryParse(parts[0], System.Globalization.CultureInfo.InvariantCulture, out var lat) || !double.TryParse(parts[1], System.Globalization.CultureInfo.InvariantCulture, out var lon)
-                || lat is < -90 or > 90 || lon is < -180 or > 180)
-            {
-                throw ApiException.BadRequest($"location '{location}' is not valid: give a region name (eu-west) or LAT,LON with latitude -90..90 and longitude -180..180");
-            }
-            return location;
-        }
-        return RequireName(location, "location region");
+        return Core.Model.GeoLocation.TryParse(location, out var parsed, out var error) ? parsed.Text : throw ApiException.BadRequest(error);
     }
 
     internal static async Task UniqueAsync(Func<Task> insert, string conflict)

@@ -35,6 +35,7 @@ public static class RelayEndpoints
             var row = await store.FindDaemonAsync(PeerIdentity.Relay, relay, ct) ?? throw ApiException.NotFound("relay", relay);
             await store.DeleteDaemonAsync(row.Id, ct);
             await AdminEndpoints.AuditAsync(http, store, time, "relay.remove", row.Name, ct);
+            await sessions.DisconnectAsync(new PeerIdentity(PeerIdentity.Relay, row.Id).ToString(), "relay removed by an administrator");
             sessions.NotifyRelaysChanged();
             return Results.NoContent();
         });

@@ -4,20 +4,8 @@ using Ferry.Core.ControlPlane;
 namespace Ferry.Controller.Policy;
 
 /// <summary>Answers "what may this identity reach": exactly what a policy grants to one of its groups or to the service account, nothing else.</summary>
-public sealed class PolicyEvaluator(ControllerStore store, Tokens.TokenService tokens, TimeProvider time)
+public sealed class PolicyEvaluator(ControllerStore store, TimeProvider time)
 {
-    /// <summary>The online connectors of each network the grants reach, for a client to open flows through.</summary>
-    public async Task<NetworkConnectors[]> ConnectorsForAsync(IEnumerable<ResourceGrant> grants, CancellationToken ct)
-    {
-        var now = time.GetUtcNow();
-        var networks = grants.Select(g => g.Network).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToArray();
-        var all = await store.ListDaemonsAsync(Core.Security.PeerIdentity.Connector, null, ct);
-        return [.. networks.Select(n => new NetworkConnectors(n, [.. all
-            .Where(d => d.NetworkName == n && d.State == "online" && tokens.LiveSessionDescription(d, now) is not null)
-            .Select(d => new Core.Security.PeerIdentity(Core.Security.PeerIdentity.Connector, d.Id).ToString())
-            .Order(StringComparer.Ordinal)]))];
-    }
-
     public async Task<ResourceGrant[]> GrantsForAsync(string ownerKind, string ownerId, CancellationToken ct)
     {
         var rows = await store.ListGrantedResourcesAsync(ownerKind, ownerId, ct);

@@ -25,6 +25,7 @@ public sealed class SessionHandler(
     SessionRegistry registry,
     RelayDirectory relays,
     TicketService tickets,
+    ConnectorDirectory connectors,
     ControllerOptions options,
     TimeProvider time,
     ILogger<SessionHandler> logger)
@@ -90,6 +91,7 @@ public sealed class SessionHandler(
         var reason = "session closed by the daemon";
         var online = false;
         Func<SessionMessage, Task>? sendToPeer = null;
+        Func<string, Task>? close = null;
         try
         {
             var hello = await HandshakeAsync(socket, ct);
@@ -128,7 +130,10 @@ public sealed class SessionHandler(
             }
             sendToPeer = message => socket.SendAsync(message, ct);
             registry.AddPeer(identity.ToString(), sendToPeer);
+            close = why => socket.CloseAsync(WebSocketCloseStatus.PolicyViolation, why, CancellationToken.None);
+            registry.AddCloser(identity.ToString(), close);
             var requester = new TicketService.Requester(identity, null, null);
+            ConnectorStatusMessage? lastStatus = null;
             reason = await RunLoopAsync(socket, identity, async (message, loopCt) =>
             {
                 switch (message)
@@ -147,6 +152,13 @@ public sealed class SessionHandler(
                         break;
                     case CandidatesMessage candidates when daemon.Kind == PeerIdentity.Connector:
                         await ForwardSignalAsync(socket, requester, candidates, loopCt);
+                        break;
+                    case ConnectorStatusMessage status when daemon.Kind == PeerIdentity.Connector:
+                        if (await connectors.ReportAsync(daemon, lastStatus, status, loopCt))
+                        {
+                            registry.NotifyConnectorsChanged();
+                        }
+                        lastStatus = status;
                         break;
                     case StunReportMessage report when daemon.Kind == PeerIdentity.Connector:
                         await store.UpdateStunAsync(daemon.Id, report.Status == "ok" ? "ok" : "failed", Truncate(report.MappedAddress ?? "", 64) is { Length: > 0 } m ? m : null,
@@ -185,6 +197,10 @@ public sealed class SessionHandler(
             if (sendToPeer is not null)
             {
                 registry.RemovePeer(identity.ToString(), sendToPeer);
+            }
+            if (close is not null)
+            {
+                registry.RemoveCloser(identity.ToString(), close);
             }
             await store.MarkOfflineAsync(daemon.Id, sessionId, reason, time.GetUtcNow().ToUnixTimeMilliseconds(), CancellationToken.None);
             if (online)
@@ -242,8 +258,7 @@ public sealed class SessionHandler(
             try
             {
                 var grants = await policy.GrantsForAsync(device.OwnerKind, device.OwnerId, ct);
-                var connectors = await policy.ConnectorsForAsync(grants, ct);
-                var message = new ResourcesMessage(grants, connectors);
+                var message = new ResourcesMessage(grants, await connectors.OnlineAsync(grants.Select(g => g.Network), ct));
                 var text = SessionMessage.Serialize(message);
                 if (text != lastSent)
                 {
@@ -258,6 +273,7 @@ public sealed class SessionHandler(
         }
         await PushResourcesAsync();
         registry.AddPolicyListener(sessionId, PushResourcesAsync);
+        registry.AddConnectorListener(sessionId, PushResourcesAsync);
         await PushRelaysAsync(socket, sessionId, ct);
         Log.ClientOnline(logger, identity.ToString(), $"{device.OwnerKind} {device.OwnerId}", from);
         var reason = "session closed by the client";
@@ -305,6 +321,7 @@ public sealed class SessionHandler(
             registry.RemoveCloser(identity.ToString(), close);
             registry.ReportPaths(identity.ToString(), null);
             registry.RemovePolicyListener(sessionId);
+            registry.RemoveConnectorListener(sessionId);
             registry.RemoveRelayListener(sessionId);
             Log.ClientOffline(logger, identity.ToString(), closedBy ?? reason);
         }

@@ -7,6 +7,10 @@ public sealed class SessionRegistry
 {
     private readonly ConcurrentDictionary<string, Func<Task>> _policyListeners = new();
     private readonly ConcurrentDictionary<string, Func<Task>> _relayListeners = new();
+    private readonly ConcurrentDictionary<string, Func<Task>> _connectorListeners = new();
+    // Load reports come from every connector every few seconds; clients hear of them at most this often.
+    private static readonly TimeSpan ConnectorsCoalesce = TimeSpan.FromMilliseconds(250);
+    private int _connectorsPending;
 
     private readonly ConcurrentDictionary<string, Func<Core.ControlPlane.SessionMessage, Task>> _byIdentity = new();
     private readonly ConcurrentDictionary<string, Func<string, Task>> _closers = new();
@@ -87,6 +91,26 @@ public sealed class SessionRegistry
     public void AddRelayListener(string sessionId, Func<Task> pushRelays) => _relayListeners[sessionId] = pushRelays;
 
     public void RemoveRelayListener(string sessionId) => _relayListeners.TryRemove(sessionId, out _);
+
+    /// <summary>Registers a client session that wants its networks' connector list (online, location, load) whenever it changes.</summary>
+    public void AddConnectorListener(string sessionId, Func<Task> push) => _connectorListeners[sessionId] = push;
+
+    public void RemoveConnectorListener(string sessionId) => _connectorListeners.TryRemove(sessionId, out _);
+
+    /// <summary>Tells client sessions a connector's load changed; changes within a quarter second go out as one.</summary>
+    public void NotifyConnectorsChanged()
+    {
+        if (Interlocked.Exchange(ref _connectorsPending, 1) == 1)
+        {
+            return;
+        }
+        _ = Task.Run(async () =>
+        {
+            await Task.Delay(ConnectorsCoalesce);
+            Interlocked.Exchange(ref _connectorsPending, 0);
+            Fan(_connectorListeners.Values);
+        });
+    }
 
     /// <summary>Tells every policy listener (clients' grants, connectors' access tables) to recompute; each sends only when its view changed.</summary>
     public void NotifyPolicyChanged() => Fan(_policyListeners.Values);

@@ -15,7 +15,7 @@ public sealed class TicketService(ControllerStore store, DeploymentCertificateAu
 
     public async Task<(RelayTicket? Ticket, string? Refusal)> IssueAsync(Requester requester, string peerText, CancellationToken ct)
     {
-        var (pair, refusal) = await AuthorizePairAsync(requester, peerText, ct);
+        var (pair, refusal) = await AuthorizePairAsync(requester, peerText, ct, requireOnline: true);
         if (pair is null)
         {
             return (null, refusal);
@@ -28,7 +28,8 @@ public sealed class TicketService(ControllerStore store, DeploymentCertificateAu
     /// Whether <paramref name="requester"/> and <paramref name="peerText"/> may talk at all (relay tickets, direct-path signaling):
     /// a device and a connector of a network holding a resource granted to the device's owner.
     /// </summary>
-    public async Task<((PeerIdentity Device, PeerIdentity Connector)? Pair, string? Refusal)> AuthorizePairAsync(Requester requester, string peerText, CancellationToken ct)
+    /// <remarks>With <paramref name="requireOnline"/> an offline connector is refused at once, so a client moves on to another instead of waiting for a handshake that cannot come.</remarks>
+    public async Task<((PeerIdentity Device, PeerIdentity Connector)? Pair, string? Refusal)> AuthorizePairAsync(Requester requester, string peerText, CancellationToken ct, bool requireOnline = false)
     {
         if (!PeerIdentity.TryParse(peerText, out var peer))
         {
@@ -57,6 +58,10 @@ public sealed class TicketService(ControllerStore store, DeploymentCertificateAu
         if (connectorRow is null || connectorRow.Kind != PeerIdentity.Connector)
         {
             return (null, $"connector '{connector.Id}' does not exist");
+        }
+        if (requireOnline && connectorRow.State != "online")
+        {
+            return (null, $"connector '{connectorRow.Name}' ({connector}) is offline");
         }
         var granted = await store.ListGrantedResourcesAsync(ownerKind, ownerId, ct);
         if (!granted.Any(r => r.NetworkId == connectorRow.NetworkId))

@@ -48,7 +48,16 @@ public sealed record ConnectorView
     public DateTimeOffset CreatedAt { get; init; }
     public StateChangeView[] History { get; init; } = [];
     public EventView[] Events { get; init; } = [];
+    /// <summary>Client connections it serves, as it last reported (clients spread across a network's connectors by this).</summary>
+    public int? Clients { get; init; }
+    /// <summary>Flows it carries, as it last reported.</summary>
+    public int? Flows { get; init; }
+    /// <summary>What it found when it last checked each resource of its network.</summary>
+    public ResourceCheckView[] Resources { get; init; } = [];
 }
+
+/// <summary>One resource as a connector found it: "ok", "unresolvable", "unreachable" or "unchecked", and what it saw.</summary>
+public sealed record ResourceCheckView(string Resource, string Status, string? Detail);
 
 /// <summary>Result of the connector's STUN discovery: "not-run", "ok" or "failed".</summary>
 public sealed record StunStatusView(string Status, string? MappedAddress = null, string[]? Relays = null, string? Error = null, DateTimeOffset? At = null);
@@ -62,8 +71,11 @@ public sealed record EventView(DateTimeOffset At, string Kind, string Message);
 /// <summary>Body of POST /api/v1/resources.</summary>
 public sealed record ResourceCreateRequest(string Network, string Address, string? Name = null, string? Tcp = null, string? Udp = null);
 
-/// <summary>A resource: its address (DNS name, wildcard, IP or CIDR) and the ports allowed per protocol ("all", "none", or "22,8000-8100").</summary>
-public sealed record ResourceView(string Id, string Name, string Network, string Address, string Kind, string Tcp, string Udp, DateTimeOffset CreatedAt);
+/// <summary>
+/// A resource: its address (DNS name, wildcard, IP or CIDR) and the ports allowed per protocol ("all", "none", or "22,8000-8100");
+/// <paramref name="Warning"/> says when the online connectors of its network do not all resolve or reach it alike.
+/// </summary>
+public sealed record ResourceView(string Id, string Name, string Network, string Address, string Kind, string Tcp, string Udp, DateTimeOffset CreatedAt, string? Warning = null);
 
 /// <summary>Body of POST /api/v1/users.</summary>
 public sealed record UserCreateRequest(string Name, string Password);

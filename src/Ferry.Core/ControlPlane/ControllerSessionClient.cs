@@ -9,7 +9,8 @@ namespace Ferry.Core.ControlPlane;
 public sealed record SessionOutcome(bool Refused, string Code, string Reason);
 
 /// <summary>The daemon end of the controller session: answers probes with its clock, asks for certificates, and hands other messages to its owner.</summary>
-public sealed class ControllerSessionClient(Uri controller, ControllerTrust trust, TimeProvider clock)
+/// <remarks>Each session goes to <see cref="ControllerEndpoints.Current"/>; one that cannot connect moves the endpoints on.</remarks>
+public sealed class ControllerSessionClient(ControllerEndpoints controllers, ControllerTrust trust, TimeProvider clock)
 {
     /// <summary>The daemon's key pair; certificates are issued over its public half and renewed over the session.</summary>
     public ECDsa Key { get; } = ECDsa.Create(ECCurve.NamedCurves.nistP256);
@@ -61,6 +62,7 @@ public sealed class ControllerSessionClient(Uri controller, ControllerTrust trus
         webSocket.Options.SetRequestHeader("Authorization", "Bearer " + bearer);
         webSocket.Options.KeepAliveInterval = TimeSpan.FromSeconds(15);
         using var invoker = new HttpMessageInvoker(trust.CreateHandler());
+        var controller = controllers.Current;
         var sessionUri = new UriBuilder(controller) { Scheme = controller.Scheme == "http" ? "ws" : "wss", Path = "/v1/session" }.Uri;
         try
         {
@@ -70,6 +72,7 @@ public sealed class ControllerSessionClient(Uri controller, ControllerTrust trus
         }
         catch (Exception e) when (!ct.IsCancellationRequested && e is WebSocketException or HttpRequestException or OperationCanceledException or IOException)
         {
+            controllers.MoveNext(controller);
             return new SessionOutcome(false, "unreachable", $"cannot reach the controller at {controller}: {Describe(e)}");
         }
         await using var socket = new SessionSocket(webSocket);

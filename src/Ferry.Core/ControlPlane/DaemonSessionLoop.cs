@@ -14,12 +14,12 @@ public sealed class TokensRejectedException(string message) : Exception(message)
 /// What every provisioned daemon (connector, relay) does with the controller: rotate its token pair at start and save it
 /// atomically, hold one session, rotate again over the session when due, and reconnect with backoff when the session ends.
 /// </summary>
-public sealed partial class DaemonSessionLoop(Uri controller, ControllerTrust trust, string tokensPath, TimeProvider clock, ILogger logger)
+public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, ControllerTrust trust, string tokensPath, TimeProvider clock, ILogger logger)
 {
     private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(30);
     private TokenFile _tokens = TokenFile.Read(tokensPath);
 
-    public ControllerSessionClient Session { get; } = new(controller, trust, clock);
+    public ControllerSessionClient Session { get; } = new(controllers, trust, clock);
 
     public TokenFile Tokens => _tokens;
 
@@ -44,7 +44,7 @@ public sealed partial class DaemonSessionLoop(Uri controller, ControllerTrust tr
 
     private async Task RunSessionsAsync(CancellationToken ct)
     {
-        using var http = new HttpClient(trust.CreateHandler()) { BaseAddress = controller, Timeout = TimeSpan.FromSeconds(15) };
+        using var http = new HttpClient(trust.CreateHandler()) { Timeout = TimeSpan.FromSeconds(15) };
         Session.OnWelcome = async (welcome, socket, sct) =>
         {
             LogOnline(logger, welcome.Identity, welcome.TimeOffsetMs);
@@ -113,12 +113,14 @@ public sealed partial class DaemonSessionLoop(Uri controller, ControllerTrust tr
     private async Task<bool> RefreshAsync(HttpClient http, CancellationToken ct)
     {
         HttpResponseMessage response;
+        var controller = controllers.Current;
         try
         {
-            response = await http.PostAsJsonAsync("/v1/daemon/refresh", new TokenRefreshRequest(_tokens.RefreshToken), ct);
+            response = await http.PostAsJsonAsync(new Uri(controller, "/v1/daemon/refresh"), new TokenRefreshRequest(_tokens.RefreshToken), ct);
         }
         catch (Exception e) when (!ct.IsCancellationRequested && e is HttpRequestException or TaskCanceledException)
         {
+            controllers.MoveNext(controller);
             LogSessionEnded(logger, "unreachable", $"cannot reach the controller at {controller}: {e.Message}", TimeSpan.Zero);
             return false;
         }

@@ -25,6 +25,7 @@ namespace Ferry.Core.ControlPlane;
 [JsonDerivedType(typeof(AccessMessage), "access")]
 [JsonDerivedType(typeof(CandidatesMessage), "candidates")]
 [JsonDerivedType(typeof(PathReportMessage), "path-report")]
+[JsonDerivedType(typeof(ConnectorStatusMessage), "connector-status")]
 public abstract record SessionMessage
 {
     public static string Serialize(SessionMessage message) => JsonSerializer.Serialize(message, SessionJsonContext.Default.SessionMessage);
@@ -87,8 +88,26 @@ public sealed record TokensSavedMessage(string AccessToken) : SessionMessage;
 /// <summary>Controller → client: the resources that policy grants this identity now, and the online connectors of their networks.</summary>
 public sealed record ResourcesMessage(ResourceGrant[] Resources, NetworkConnectors[]? Connectors = null) : SessionMessage;
 
-/// <summary>The online connectors (identities "connector/cn_…") of one remote network, as a client may use them.</summary>
-public sealed record NetworkConnectors(string Network, string[] Connectors);
+/// <summary>The online connectors of one remote network, as a client chooses among them.</summary>
+public sealed record NetworkConnectors(string Network, ConnectorRoute[] Connectors);
+
+/// <summary>
+/// One online connector as a client routes to it: its identity ("connector/cn_…"), name, location (a region or LAT,LON;
+/// null when the operator set none) and load (the clients it serves now, as it last reported).
+/// </summary>
+public sealed record ConnectorRoute(string Identity, string Name, string? Location, int Clients);
+
+/// <summary>
+/// Connector → controller, when it changes: how loaded the connector is (client connections and flows it serves) and what it
+/// found when it checked its network's resources, so the controller can route by load and flag connectors that disagree.
+/// </summary>
+public sealed record ConnectorStatusMessage(int Clients, int Flows, ResourceCheck[] Resources) : SessionMessage;
+
+/// <summary>
+/// What one connector found for one resource: "ok" (resolves and answers), "unresolvable" (the name does not resolve),
+/// "unreachable" (nothing answers on its port) or "unchecked" (an address range or wildcard, which cannot be checked as one host).
+/// </summary>
+public sealed record ResourceCheck(string ResourceId, string Status, string? Detail = null);
 
 /// <summary>Either way: a request on the session could not be served; <paramref name="Subject"/> names what it was about (the peer of a ticket request).</summary>
 public sealed record ErrorMessage(string Code, string Message, string? Subject = null) : SessionMessage;

@@ -16,6 +16,9 @@ public sealed class PortSet
 
     public bool IsNone => _ranges.Length == 0;
 
+    /// <summary>The lowest allowed port, or null when the set is "none".</summary>
+    public int? Lowest => _ranges.Length == 0 ? null : _ranges[0].From;
+
     public bool Contains(int port)
     {
         foreach (var (from, to) in _ranges)

@@ -89,8 +89,9 @@ internal static class AdminCommand
         group.Subcommands.Add(Action(new Command("list", "List connectors with their state.") { listNetwork }, async (p, c, ct) =>
         {
             var all = await c.GetAsync<ConnectorView[]>("/api/v1/connectors" + (p.GetValue(listNetwork) is { } n ? $"?network={Esc(n)}" : ""), ct);
-            return Emit(p, all, () => Output.Table(["NAME", "ID", "NETWORK", "STATE", "HOSTNAME", "PUBLIC IP", "OFFSET MS", "VERSION"],
-                all.Select(x => new[] { x.Name, x.Id, x.Network, x.State, x.Hostname, x.PublicIp, x.TimeOffsetMs?.ToString(System.Globalization.CultureInfo.InvariantCulture), x.Version })));
+            return Emit(p, all, () => Output.Table(["NAME", "ID", "NETWORK", "STATE", "LOCATION", "CLIENTS", "HOSTNAME", "PUBLIC IP", "OFFSET MS", "VERSION"],
+                all.Select(x => new[] { x.Name, x.Id, x.Network, x.State, x.Location, x.Clients?.ToString(System.Globalization.CultureInfo.InvariantCulture), x.Hostname, x.PublicIp,
+                    x.TimeOffsetMs?.ToString(System.Globalization.CultureInfo.InvariantCulture), x.Version })));
         }));
         var showName = new Argument<string>("connector") { Description = "Connector name or id" };
         group.Subcommands.Add(Action(new Command("show", "Show every detail the controller keeps about a connector.") { showName }, async (p, c, ct) =>
@@ -111,6 +112,12 @@ internal static class AdminCommand
             Console.WriteLine($"version:       {x.Version ?? "-"}");
             Console.WriteLine($"last seen:     {(x.LastSeen is null ? "never" : x.LastSeen.Value.ToString("u", System.Globalization.CultureInfo.InvariantCulture))}");
             Console.WriteLine($"location:      {x.Location ?? "-"}");
+            Console.WriteLine($"load:          {(x.Clients is null ? "-" : $"{x.Clients} clients, {x.Flows} flows")}");
+            Console.WriteLine("resources:");
+            foreach (var r in x.Resources)
+            {
+                Console.WriteLine($"  {r.Resource,-20} {r.Status,-12} {r.Detail}");
+            }
             Console.WriteLine("history:");
             foreach (var h in x.History)
             {
@@ -189,7 +196,7 @@ internal static class AdminCommand
     }
 
     private static void PrintResources(ResourceView[] all)
-        => Output.Table(["NAME", "ID", "NETWORK", "ADDRESS", "KIND", "TCP", "UDP"], all.Select(r => new[] { r.Name, r.Id, r.Network, r.Address, r.Kind, r.Tcp, r.Udp }));
+        => Output.Table(["NAME", "ID", "NETWORK", "ADDRESS", "KIND", "TCP", "UDP", "WARNING"], all.Select(r => new[] { r.Name, r.Id, r.Network, r.Address, r.Kind, r.Tcp, r.Udp, r.Warning }));
 
     private static Command Groups()
     {

@@ -31,7 +31,7 @@ internal static class ClientCommand
 
     private static Command Up()
     {
-        var controller = new Option<string?>("--controller") { Description = "Controller URL (or FERRY_CONTROLLER)" };
+        var controller = new Option<string?>("--controller") { Description = "Controller URL, or several separated by commas to try in turn (or FERRY_CONTROLLER)" };
         var fingerprint = new Option<string?>("--controller-fingerprint") { Description = "SHA-256 fingerprint of the controller's TLS certificate (or FERRY_CONTROLLER_FINGERPRINT)" };
         var ca = new Option<string?>("--controller-ca") { Description = "PEM file of the CA that signed the controller's TLS certificate" };
         var user = new Option<string?>("--user") { Description = "Sign in as this user" };
@@ -42,9 +42,10 @@ internal static class ClientCommand
         var http = new Option<string>("--http-proxy") { Description = "Loopback port of the HTTP CONNECT proxy, 0 for any free port, or 'off'", DefaultValueFactory = _ => "off" };
         var forward = new Option<string[]>("--forward") { Description = "LOCALPORT=HOST:PORT[/udp]: a loopback port whose connections (or, with /udp, datagrams) reach HOST:PORT (repeatable)" };
         var split = new Option<bool>("--split-tunnel") { Description = "Send destinations that match no resource straight out instead of refusing them" };
+        var location = new Option<string?>("--location") { Description = "Where this device is, REGION or LAT,LON (or FERRY_LOCATION): it uses the nearest connector of each network" };
         var command = new Command("up", "Sign in and stay connected: receives the device certificate and what policy grants, and serves SOCKS5, HTTP CONNECT and port forwards on loopback.")
         {
-            controller, fingerprint, ca, user, passwordFile, keyFile, device, socks, http, forward, split,
+            controller, fingerprint, ca, user, passwordFile, keyFile, device, socks, http, forward, split, location,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -57,10 +58,16 @@ internal static class ClientCommand
             {
                 throw new CliException("sign in with --user and a password (--password-file or FERRY_PASSWORD), or with a service account key (--service-account-key-file or FERRY_SERVICE_ACCOUNT_KEY)", 2);
             }
+            var locationText = parse.GetValue(location) ?? Env.Get("FERRY_LOCATION");
+            Ferry.Core.Model.GeoLocation? where = null;
+            if (locationText is not null && !Ferry.Core.Model.GeoLocation.TryParse(locationText, out where, out var locationError))
+            {
+                throw new CliException($"--location: {locationError}", 2);
+            }
             using var loggers = DaemonLogging.Create();
             var daemon = new ClientDaemon(new ClientOptions
             {
-                Controller = ConnectorCommand.ParseUrl(url),
+                Controller = ConnectorCommand.ParseUrls(url),
                 Trust = trust,
                 User = key is null ? userName : null,
                 Password = key is null ? password : null,
@@ -71,6 +78,7 @@ internal static class ClientCommand
                 HttpProxyPort = Port(parse.GetValue(http)!, "--http-proxy"),
                 Forwards = [.. (parse.GetValue(forward) ?? []).Select(PortForwardSpec.Parse)],
                 SplitTunnel = parse.GetValue(split),
+                Location = where,
             }, loggers);
             await daemon.RunAsync(ct);
             return 0;

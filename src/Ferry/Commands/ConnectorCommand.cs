@@ -11,7 +11,7 @@ internal static class ConnectorCommand
 {
     public static Command Create()
     {
-        var controller = new Option<string?>("--controller") { Description = "Controller URL (or FERRY_CONTROLLER; or taken from the tokens file)" };
+        var controller = new Option<string?>("--controller") { Description = "Controller URL, or several separated by commas to try in turn (or FERRY_CONTROLLER; or taken from the tokens file)" };
         var fingerprint = new Option<string?>("--controller-fingerprint") { Description = "SHA-256 fingerprint of the controller's TLS certificate (or FERRY_CONTROLLER_FINGERPRINT)" };
         var ca = new Option<string?>("--controller-ca") { Description = "PEM file of the CA that signed the controller's TLS certificate" };
         var tokens = new Option<string>("--tokens") { Description = "Tokens file (JSON from 'ferry admin connector provision --json'); rewritten on rotation", DefaultValueFactory = _ => "./connector-tokens.json" };
@@ -36,7 +36,7 @@ internal static class ConnectorCommand
             var dnsText = parse.GetValue(dns);
             var daemon = new ConnectorDaemon(new ConnectorOptions
             {
-                Controller = ParseUrl(url),
+                Controller = ParseUrls(url),
                 Trust = trust,
                 TokensPath = tokensPath,
                 ClockSkew = TimeSpan.FromSeconds(parse.GetValue(skew)),
@@ -75,4 +75,8 @@ internal static class ConnectorCommand
         }
         return uri;
     }
+
+    /// <summary>One controller URL, or several separated by commas (tried in turn).</summary>
+    internal static Ferry.Core.ControlPlane.ControllerEndpoints ParseUrls(string urls)
+        => Ferry.Core.ControlPlane.ControllerEndpoints.TryParse(urls, out var endpoints, out var error) ? endpoints! : throw new CliException(error!, 2);
 }

@@ -11,7 +11,7 @@ internal static class RelayCommand
 {
     public static Command Create()
     {
-        var controller = new Option<string?>("--controller") { Description = "Controller URL (or FERRY_CONTROLLER; or taken from the tokens file)" };
+        var controller = new Option<string?>("--controller") { Description = "Controller URL, or several separated by commas to try in turn (or FERRY_CONTROLLER; or taken from the tokens file)" };
         var fingerprint = new Option<string?>("--controller-fingerprint") { Description = "SHA-256 fingerprint of the controller's TLS certificate (or FERRY_CONTROLLER_FINGERPRINT)" };
         var ca = new Option<string?>("--controller-ca") { Description = "PEM file of the CA that signed the controller's TLS certificate" };
         var tokens = new Option<string>("--tokens") { Description = "Tokens file (JSON from 'ferry admin relay provision --json'); rewritten on rotation", DefaultValueFactory = _ => "./relay-tokens.json" };
@@ -33,7 +33,7 @@ internal static class RelayCommand
             using var loggers = DaemonLogging.Create();
             var daemon = new RelayDaemon(new RelayDaemonOptions
             {
-                Controller = ConnectorCommand.ParseUrl(url),
+                Controller = ConnectorCommand.ParseUrls(url),
                 Trust = trust,
                 TokensPath = tokensPath,
                 TcpListen = Endpoints(parse.GetValue(listen)!, "--listen"),

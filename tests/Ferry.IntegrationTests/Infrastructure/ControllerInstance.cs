@@ -65,7 +65,13 @@ public sealed class ControllerInstance : IAsyncDisposable
     /// <summary>Stops the process (SIGTERM, or SIGKILL when <paramref name="crash"/>) and starts it again on the same port, data and database.</summary>
     public async Task RestartAsync(bool crash = false)
     {
-        var port = new Uri(Url).Port;
+        await StopAsync(crash);
+        await StartAgainAsync();
+    }
+
+    /// <summary>Stops the process (SIGTERM, or SIGKILL when <paramref name="crash"/>); <see cref="StartAgainAsync"/> brings it back.</summary>
+    public async Task StopAsync(bool crash = false)
+    {
         if (crash)
         {
             Process.Kill();
@@ -76,8 +82,10 @@ public sealed class ControllerInstance : IAsyncDisposable
         }
         await Process.WaitForExitAsync(TimeSpan.FromSeconds(30));
         await Process.DisposeAsync();
-        await StartProcessAsync($"127.0.0.1:{port}");
     }
+
+    /// <summary>Starts the stopped controller on the same port, data and database.</summary>
+    public Task StartAgainAsync() => StartProcessAsync($"127.0.0.1:{new Uri(Url).Port}");
 
     public Dictionary<string, string?> AdminEnv() => new()
     {

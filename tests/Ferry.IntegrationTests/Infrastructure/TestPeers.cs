@@ -16,7 +16,7 @@ public static class TestPeers
         using var http = controller.Http(withApiKey: false);
         var response = await http.PostAsJsonAsync("/v1/client/login", new ClientLoginRequest(null, null, serviceAccountKey, "test", null), ct);
         var login = (await response.Content.ReadFromJsonAsync<ClientLoginResult>(ct))!;
-        var session = new ControllerSessionClient(new Uri(controller.Url), ControllerTrust.Create(controller.Fingerprint, null), TimeProvider.System);
+        var session = new ControllerSessionClient(ControllerEndpoints.Of(new Uri(controller.Url)), ControllerTrust.Create(controller.Fingerprint, null), TimeProvider.System);
         if (onMessage is not null)
         {
             session.OnMessage = (message, _, _) => onMessage(message);
@@ -28,7 +28,7 @@ public static class TestPeers
 
     /// <summary>A connector session in this process, using the tokens file provisioning wrote.</summary>
     public static DaemonSessionLoop Connector(ControllerInstance controller, string tokensPath)
-        => new(new Uri(controller.Url), ControllerTrust.Create(controller.Fingerprint, null), tokensPath, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        => new(ControllerEndpoints.Of(new Uri(controller.Url)), ControllerTrust.Create(controller.Fingerprint, null), tokensPath, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
 
     /// <summary>Polls until the probe yields a value (bounded to 30 s).</summary>
     public static async Task<T> WaitForAsync<T>(Func<T?> probe, string what)

@@ -1,0 +1,212 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text.Json;
+
+namespace Ferry.IntegrationTests.Infrastructure;
+
+/// <summary>
+/// A controller, a relay and an echo service, with as many connectors (real processes) in network "corp" and client
+/// processes (each its own device, with a port forward to the echo service) as a test asks for.
+/// </summary>
+public sealed class ClusterLab : IAsyncDisposable
+{
+    private readonly List<ClusterClient> _clients = [];
+    private readonly Dictionary<string, FerryProcess> _connectors = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _identities = new(StringComparer.Ordinal);
+
+    private ClusterLab(ControllerInstance controller, FerryProcess relay, EchoServer echo, string key, string directory)
+    {
+        Controller = controller;
+        Relay = relay;
+        Echo = echo;
+        Key = key;
+        Directory = directory;
+    }
+
+    public ControllerInstance Controller { get; }
+    public FerryProcess Relay { get; }
+    public EchoServer Echo { get; }
+    public string Key { get; }
+    public string Directory { get; }
+    public IReadOnlyList<ClusterClient> Clients => _clients;
+
+    /// <summary>Network "corp" with resource "svc" (the echo service on 127.0.0.1) granted to service account "app", a relay, and no connector yet.</summary>
+    public static async Task<ClusterLab> StartAsync(CancellationToken ct, params string[] controllerArgs)
+    {
+        var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite, controllerArgs);
+        var dir = System.IO.Directory.CreateTempSubdirectory("ferry-cluster-").FullName;
+        var relayTokens = Path.Combine(dir, "relay.json");
+        await File.WriteAllTextAsync(relayTokens, await controller.AdminAsync("relay", "provision", "--name", "r1", "--json"), ct);
+        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+        await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
+        var echo = new EchoServer(IPAddress.Loopback);
+        await controller.AdminAsync("network", "create", "corp");
+        await controller.AdminAsync("resource", "add", "127.0.0.1", "--network", "corp", "--name", "svc", "--tcp", echo.Port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
+        await controller.AdminAsync("policy", "grant", "svc", "--service-account", "app");
+        return new ClusterLab(controller, relay, echo, account.GetProperty("key").GetString()!, dir);
+    }
+
+    /// <summary>Provisions connector <paramref name="name"/> (at <paramref name="location"/>) and runs it until it is online with STUN done.</summary>
+    public async Task<FerryProcess> AddConnectorAsync(string name, string? location = null, string network = "corp", params string[] extra)
+    {
+        var stdout = await Controller.AdminAsync(["connector", "provision", "--network", network, "--name", name, "--json", .. location is null ? Array.Empty<string>() : ["--location", location]]);
+        var tokens = Path.Combine(Directory, $"{name}.tokens.json");
+        await File.WriteAllTextAsync(tokens, stdout);
+        var process = Controller.StartConnector(tokens, extra);
+        _connectors[name] = process;
+        var view = await Controller.WaitForConnectorAsync(name, v => v.State == "online" && v.Stun.Status == "ok", TimeSpan.FromSeconds(30), "online with STUN done");
+        _identities[name] = "connector/" + view.Id;
+        return process;
+    }
+
+    public FerryProcess Connector(string name) => _connectors[name];
+
+    /// <summary>The identity ("connector/cn_…") of connector <paramref name="name"/>.</summary>
+    public string IdentityOf(string name) => _identities[name];
+
+    /// <summary>The name of the connector with identity <paramref name="identity"/>.</summary>
+    public string NameOf(string identity) => _identities.Single(i => i.Value == identity).Key;
+
+    /// <summary>Starts a client process signed in as the service account, with a port forward to the echo service; returns once the forward listens.</summary>
+    public async Task<ClusterClient> AddClientAsync(string? location = null, string? controllers = null, params string[] extraForwards)
+    {
+        var index = _clients.Count;
+        var state = Path.Combine(Directory, $"client{index}");
+        var port = Echo.Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        string[] args = ["client", "--state", state, "up", "--controller", controllers ?? Controller.Url, "--controller-fingerprint", Controller.Fingerprint, "--socks", "off",
+            "--device-name", $"d{index}", "--forward", $"0=127.0.0.1:{port}", .. extraForwards.SelectMany(f => new[] { "--forward", f }),
+            .. location is null ? Array.Empty<string>() : ["--location", location]];
+        var process = FerryProcess.Start($"client{index}", args, new Dictionary<string, string?> { ["FERRY_SERVICE_ACCOUNT_KEY"] = Key });
+        var client = new ClusterClient(process, state);
+        _clients.Add(client);
+        var forwards = new List<IPEndPoint>();
+        for (var i = 0; i <= extraForwards.Length; i++)
+        {
+            var line = await process.WaitForLineAsync(l => l.Contains("] forward ", StringComparison.Ordinal) && l.Contains(" listening on ", StringComparison.Ordinal)
+                && !forwards.Any(f => l.EndsWith(" " + f, StringComparison.Ordinal)), TimeSpan.FromSeconds(60), $"forward {i}");
+            forwards.Add(IPEndPoint.Parse(line[(line.LastIndexOf(' ') + 1)..]));
+        }
+        client.Forwards = forwards;
+        return client;
+    }
+
+    /// <summary>Starts <paramref name="count"/> clients at once.</summary>
+    public async Task<ClusterClient[]> AddClientsAsync(int count, string? location = null)
+    {
+        // Processes start in parallel; the list keeps the order they were asked for.
+        var starting = new List<Task<ClusterClient>>();
+        for (var i = 0; i < count; i++)
+        {
+            starting.Add(AddClientAsync(location));
+        }
+        return await Task.WhenAll(starting);
+    }
+
+    /// <summary>Everything the processes printed, for failure messages.</summary>
+    public string Logs()
+        => string.Join("\n", new[] { ("controller", Controller.Process) }.Concat(_connectors.Select(c => ($"connector {c.Key}", c.Value))).Concat(_clients.Take(4).Select(c => (c.Process.Name, c.Process)))
+            .Select(p => $"--- {p.Item1}:\n{Tail(p.Item2.Output)}"));
+
+    private static string Tail(string text) => text.Length > 6000 ? "…" + text[^6000..] : text;
+
+    public async ValueTask DisposeAsync()
+    {
+        await Task.WhenAll(_clients.Select(c => c.Process.DisposeAsync().AsTask()));
+        foreach (var connector in _connectors.Values)
+        {
+            await connector.DisposeAsync();
+        }
+        await Relay.DisposeAsync();
+        await Echo.DisposeAsync();
+        await Controller.DisposeAsync();
+        try
+        {
+            System.IO.Directory.Delete(Directory, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
+
+/// <summary>A client process of a <see cref="ClusterLab"/>: its forwards, and what its status says.</summary>
+public sealed class ClusterClient(FerryProcess process, string state)
+{
+    public FerryProcess Process { get; } = process;
+    public string State { get; } = state;
+    public IReadOnlyList<IPEndPoint> Forwards { get; set; } = [];
+
+    /// <summary>One new flow through forward <paramref name="forward"/>: <paramref name="size"/> random bytes out, the same bytes back, checked.</summary>
+    public async Task EchoAsync(CancellationToken ct, int size = 32 * 1024, int forward = 0)
+    {
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(Forwards[forward], ct);
+        var stream = tcp.GetStream();
+        var payload = RandomNumberGenerator.GetBytes(size);
+        await stream.WriteAsync(payload, ct);
+        tcp.Client.Shutdown(SocketShutdown.Send);
+        var back = new byte[size];
+        await stream.ReadExactlyAsync(back, ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), ct);
+        Assert.True(payload.AsSpan().SequenceEqual(back), $"{Process.Name}: echoed bytes differ");
+        Assert.Equal(0, await stream.ReadAsync(new byte[1], ct));
+    }
+
+    /// <summary>The running client's status, as 'ferry client status' prints it.</summary>
+    public async Task<JsonElement> StatusAsync()
+    {
+        var status = await FerryCli.RunAsync(["client", "--state", State, "status"]);
+        Assert.True(status.ExitCode == 0, status.ToString());
+        return JsonDocument.Parse(status.Stdout).RootElement.Clone();
+    }
+
+    /// <summary>The connectors this client holds a connection to now.</summary>
+    public async Task<string[]> ConnectedToAsync()
+        => [.. (await StatusAsync()).GetProperty("connectedTo").EnumerateArray().Select(e => e.GetString()!)];
+
+    /// <summary>The connector this client's flows to <paramref name="network"/> go to now.</summary>
+    public async Task<string?> RouteAsync(string network = "corp")
+        => (await StatusAsync()).GetProperty("routes").EnumerateArray().Where(r => r.GetProperty("network").GetString() == network)
+            .Select(r => r.TryGetProperty("connector", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() : null).FirstOrDefault();
+}
+
+/// <summary>One TCP connection through a client's forward that echoes chunk after chunk, each checked, for as long as a test runs.</summary>
+public sealed class LongFlow : IAsyncDisposable
+{
+    private readonly TcpClient _tcp = new();
+    private NetworkStream? _stream;
+    private long _sent;
+
+    public long Bytes => _sent;
+
+    public static async Task<LongFlow> OpenAsync(IPEndPoint forward, CancellationToken ct)
+    {
+        var flow = new LongFlow();
+        await flow._tcp.ConnectAsync(forward, ct);
+        flow._stream = flow._tcp.GetStream();
+        await flow.RoundTripAsync(ct);
+        return flow;
+    }
+
+    /// <summary>Sends a 16 KiB chunk whose bytes depend on its offset in the stream, and checks that exactly it comes back.</summary>
+    public async Task RoundTripAsync(CancellationToken ct)
+    {
+        var chunk = new byte[16 * 1024];
+        for (var i = 0; i < chunk.Length; i++)
+        {
+            chunk[i] = (byte)((_sent + i) * 31 % 251);
+        }
+        await _stream!.WriteAsync(chunk, ct);
+        var back = new byte[chunk.Length];
+        await _stream.ReadExactlyAsync(back, ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), ct);
+        Assert.True(chunk.AsSpan().SequenceEqual(back), $"echoed bytes differ after {_sent} bytes");
+        _sent += chunk.Length;
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _tcp.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}
