@@ -27,7 +27,7 @@ public sealed class DataPlaneTests
         var flows = Enumerable.Range(0, 8).Select(i => EchoFlowAsync(opener, grant, echo.Port, (i + 1) * 256 * 1024, ct));
         await Task.WhenAll(flows);
         Assert.Single(opener.ConnectedTo);
-        Assert.Equal(8, echo.Accepted);
+        Assert.Equal(8, echo.Carried);
 
         // Refusals come from the connector, with their reason, even though this client asks anyway.
         var wrongPort = await opener.OpenAsync(grant, new FlowHeader(FlowProtocol.Tcp, "127.0.0.1", echo.Port + 1), ct);
@@ -46,7 +46,7 @@ public sealed class DataPlaneTests
         await using var setup = await Setup.StartAsync(controller, echo, ct);
         // One QUIC connection, 1000 streams at once, each its own flow to the service with its own checked payload.
         await Task.WhenAll(Enumerable.Range(0, 1000).Select(_ => EchoFlowAsync(setup.Opener, setup.Grant, echo.Port, 16 * 1024, ct)));
-        Assert.Equal(1000, echo.Accepted);
+        Assert.Equal(1000, echo.Carried);
         Assert.Single(setup.Opener.ConnectedTo);
     }
 

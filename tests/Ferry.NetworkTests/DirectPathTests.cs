@@ -180,7 +180,7 @@ public sealed class DirectPathTests
     private static async Task FinishAsync(DirectPathLab lab, ContinuousTransfer transfer)
     {
         await transfer.CompleteAsync(Drain, lab.Diagnostics);
-        Assert.True(lab.Echo.Accepted == 1, $"the echo service must have accepted exactly one connection (the stream never reopened); it accepted {lab.Echo.Accepted}{lab.Diagnostics()}");
+        Assert.True(lab.Echo.Carried == 1, $"exactly one connection must have carried bytes to the echo service (the stream never reopened); {lab.Echo.Carried} did{lab.Diagnostics()}");
         Report($"{lab.Name}: {transfer}; path at the end: {DirectPathLab.Describe(await lab.PathAsync())}");
     }
 

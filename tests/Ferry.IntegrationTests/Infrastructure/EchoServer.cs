@@ -21,6 +21,9 @@ public sealed class EchoServer : IAsyncDisposable
 
     public int Accepted;
 
+    /// <summary>Connections that carried at least one byte (connectors' reachability checks connect and hang up without sending).</summary>
+    public int Carried;
+
     private async Task AcceptAsync()
     {
         try
@@ -34,11 +37,17 @@ public sealed class EchoServer : IAsyncDisposable
                     using (client)
                     {
                         var buffer = new byte[64 * 1024];
+                        var carried = false;
                         try
                         {
                             int read;
                             while ((read = await client.ReceiveAsync(buffer, SocketFlags.None, _stop.Token)) > 0)
                             {
+                                if (!carried)
+                                {
+                                    carried = true;
+                                    Interlocked.Increment(ref Carried);
+                                }
                                 await client.SendAsync(buffer.AsMemory(0, read), SocketFlags.None, _stop.Token);
                             }
                             client.Shutdown(SocketShutdown.Send);

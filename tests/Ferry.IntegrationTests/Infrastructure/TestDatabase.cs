@@ -57,6 +57,18 @@ public sealed class TestDatabase : IAsyncDisposable
         await using var admin = new NpgsqlConnection(PostgresAdmin);
         await admin.OpenAsync();
         await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS {_name} WITH (FORCE)", admin);
-        await drop.ExecuteNonQueryAsync();
+        // FORCE cannot end a backend that another role's process (an autovacuum worker) holds for a moment; a few tries suffice.
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await drop.ExecuteNonQueryAsync();
+                return;
+            }
+            catch (PostgresException e) when (e.SqlState is "42501" or "55006" && attempt < 25)
+            {
+                await Task.Delay(200);
+            }
+        }
     }
 }
