@@ -5,15 +5,16 @@ using Ferry.Quic;
 
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- quic [--size-mib 256] [--runs 5] [--requests 1000] [--connections 200]
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- time-to-direct [--runs 3]   (as root: network namespaces)
-if (args is ["time-to-direct", ..])
+// dotnet run -c Release --project bench/Ferry.Benchmarks -- failover [--runs 3]
+if (args is [{ } command, ..] && HarnessFigure.All.FirstOrDefault(f => f.Command == command) is { } figure)
 {
-    return await TimeToDirect.RunAsync(args);
+    return await figure.RunAsync(args);
 }
 
 var options = Options.Parse(args);
 if (options is null)
 {
-    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]");
+    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]\n       Ferry.Benchmarks failover [--runs N]");
     return 2;
 }
 

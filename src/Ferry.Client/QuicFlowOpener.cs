@@ -54,13 +54,13 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     {
         ArgumentNullException.ThrowIfNull(resource);
         ArgumentNullException.ThrowIfNull(header);
-        return OpenOnSomeConnectorAsync(resource, async (connection, ct) =>
+        return OpenOnSomeConnectorAsync(resource, async (connection, gone, ct) =>
         {
             var stream = await connection.OpenBidirectionalStreamAsync(ct);
             try
             {
                 await header.WriteAsync(stream, ct);
-                var reply = await AnswerAsync(connection, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
+                var reply = await AnswerAsync(connection, gone, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
                 return new OpenedFlow(reply, stream, s =>
                 {
                     ((QuicStream)s).CompleteWrites();
@@ -83,12 +83,12 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     {
         ArgumentNullException.ThrowIfNull(resource);
         ArgumentNullException.ThrowIfNull(header);
-        return OpenOnSomeConnectorAsync(resource, async (connection, ct) =>
+        return OpenOnSomeConnectorAsync(resource, async (connection, gone, ct) =>
         {
             var datagrams = QuicUdpDatagrams.For(connection);
             var stream = await connection.OpenBidirectionalStreamAsync(ct);
             // The mux owns the stream from here: it disposes it on refusal or failure.
-            var (reply, flow) = await AnswerAsync(connection, datagrams.OpenAsync(stream.Id, stream, s =>
+            var (reply, flow) = await AnswerAsync(connection, gone, datagrams.OpenAsync(stream.Id, stream, s =>
             {
                 ((QuicStream)s).CompleteWrites();
                 return ValueTask.CompletedTask;
@@ -98,7 +98,7 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     }
 
     /// <summary>Tries the network's connectors in the selector's order until one answers; they are interchangeable.</summary>
-    private async Task<T> OpenOnSomeConnectorAsync<T>(ResourceGrant resource, Func<QuicConnection, CancellationToken, Task<T>> open, Func<string, T> refused, CancellationToken cancellationToken)
+    private async Task<T> OpenOnSomeConnectorAsync<T>(ResourceGrant resource, Func<QuicConnection, Func<bool>, CancellationToken, Task<T>> open, Func<string, T> refused, CancellationToken cancellationToken)
     {
         if (!_firstList.Task.IsCompleted)
         {
@@ -119,7 +119,9 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
                 var connection = await ConnectionToAsync(connector, resource.Network, i < candidates.Count - 1 ? ConnectTimeoutWithAlternatives : ConnectTimeout, cancellationToken);
                 using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
                 timeout.CancelAfter(ReplyTimeout);
-                var opened = await open(connection, timeout.Token);
+                // A connector the controller lists now and drops while the flow waits has gone offline (often: was killed).
+                var listed = selector.IsListed(resource.Network, connector);
+                var opened = await open(connection, () => listed && !selector.IsListed(resource.Network, connector), timeout.Token);
                 selector.Succeeded(resource.Network, connector);
                 return opened;
             }
@@ -138,7 +140,8 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     /// Waits for the connector's answer to a flow, but only while the connection shows the connector alive: a killed or cut-off
     /// connector acknowledges nothing, and waiting the whole reply timeout for it would stall every flow behind it.
     /// </summary>
-    private static async Task<T> AnswerAsync<T>(QuicConnection connection, Task<T> answer, CancellationToken ct)
+    /// <remarks><paramref name="gone"/> says the controller has meanwhile reported the connector offline, which is quicker still.</remarks>
+    private static async Task<T> AnswerAsync<T>(QuicConnection connection, Func<bool> gone, Task<T> answer, CancellationToken ct)
     {
         var asked = System.Diagnostics.Stopwatch.GetTimestamp();
         while (true)
@@ -149,7 +152,11 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
             {
                 throw new TimeoutException($"the connector acknowledged nothing for {connection.SinceLastReceived.TotalSeconds:0.0} s");
             }
-            if (await Task.WhenAny(answer, Task.Delay(100, ct)) == answer)
+            if (gone())
+            {
+                throw new TimeoutException("the controller reports the connector offline, and it has not answered");
+            }
+            if (await Task.WhenAny(answer, Task.Delay(50, ct)) == answer)
             {
                 return await answer;
             }

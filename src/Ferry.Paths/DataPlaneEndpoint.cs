@@ -353,9 +353,18 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         }
     }
 
+    private static readonly TimeSpan PeerPresenceWait = TimeSpan.FromSeconds(2);
+
     /// <summary>Opens a QUIC connection to <paramref name="peer"/> over the relays (a ticket for the pair must be bound first).</summary>
     public async Task<QuicConnection> ConnectRelayedAsync(string peer, CancellationToken ct)
     {
+        // The relay drops what comes before the other end has bound the ticket too, and a lost first Initial costs a whole
+        // probe timeout (about 1 s); the relay announces the other end's arrival, so wait for that, briefly.
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (_pool is { } pool && !pool.IsPeerPresent(peer) && waited.Elapsed < PeerPresenceWait)
+        {
+            await Task.Delay(10, ct);
+        }
         var path = RelayPathTo(peer);
         return await _quic.ConnectAsync(path, new QuicTlsOptions { Certificate = Certificate, TrustedCa = Ca }, ConnectionOptions, ct);
     }

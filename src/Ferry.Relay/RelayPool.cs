@@ -84,6 +84,9 @@ public sealed partial class RelayPool : IAsyncDisposable
         return fallback?.RelayIdentity;
     }
 
+    /// <summary>Whether <paramref name="remotePeer"/> has bound its side of the ticket on a relay this pool is linked to.</summary>
+    public bool IsPeerPresent(string remotePeer) => _slots.Any(s => s.Link is { } link && link.IsPeerPresent(remotePeer));
+
     /// <summary>Received packets dropped because the application was not reading them fast enough.</summary>
     public long PacketsDropped => Interlocked.Read(ref _packetsDropped);
 

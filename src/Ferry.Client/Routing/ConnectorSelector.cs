@@ -68,6 +68,15 @@ public sealed class ConnectorSelector(string clientIdentity, GeoLocation? locati
         }
     }
 
+    /// <summary>Whether the controller's newest list has <paramref name="connector"/> online in <paramref name="network"/>.</summary>
+    public bool IsListed(string network, string connector)
+    {
+        lock (_gate)
+        {
+            return _online.TryGetValue(network, out var listed) && listed.Any(c => c.Identity == connector);
+        }
+    }
+
     /// <summary>A flow went through <paramref name="connector"/>: the client stays with it.</summary>
     public void Succeeded(string network, string connector)
     {

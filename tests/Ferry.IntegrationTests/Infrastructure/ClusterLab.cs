@@ -109,6 +109,19 @@ public sealed class ClusterLab : IAsyncDisposable
         => string.Join("\n", new[] { ("controller", Controller.Process) }.Concat(_connectors.Select(c => ($"connector {c.Key}", c.Value))).Concat(_clients.Take(4).Select(c => (c.Process.Name, c.Process)))
             .Select(p => $"--- {p.Item1}:\n{Tail(p.Item2.Output)}"));
 
+    /// <summary>
+    /// Benchmark hook: when FERRY_BENCH_FAILOVER names a file, appends one JSON line with the time from a connector's death to the
+    /// client's next flow done elsewhere, and that client's first flow from cold as the reference. Nothing is asserted on it.
+    /// </summary>
+    public static void RecordFailover(string name, TimeSpan failover, ClusterClient client)
+    {
+        if (Environment.GetEnvironmentVariable("FERRY_BENCH_FAILOVER") is not { Length: > 0 } file || client.FirstFlow is not { } first)
+        {
+            return;
+        }
+        File.AppendAllText(file, JsonSerializer.Serialize(new { @case = name, failoverMs = failover.TotalMilliseconds, firstFlowMs = first.TotalMilliseconds }) + "\n");
+    }
+
     private static string Tail(string text) => text.Length > 6000 ? "…" + text[^6000..] : text;
 
     public async ValueTask DisposeAsync()
@@ -138,9 +151,13 @@ public sealed class ClusterClient(FerryProcess process, string state)
     public string State { get; } = state;
     public IReadOnlyList<IPEndPoint> Forwards { get; set; } = [];
 
+    /// <summary>How long this client's first flow took: connector choice, ticket, relay binding and handshake from cold.</summary>
+    public TimeSpan? FirstFlow { get; private set; }
+
     /// <summary>One new flow through forward <paramref name="forward"/>: <paramref name="size"/> random bytes out, the same bytes back, checked.</summary>
     public async Task EchoAsync(CancellationToken ct, int size = 32 * 1024, int forward = 0)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         using var tcp = new TcpClient();
         await tcp.ConnectAsync(Forwards[forward], ct);
         var stream = tcp.GetStream();
@@ -151,6 +168,7 @@ public sealed class ClusterClient(FerryProcess process, string state)
         await stream.ReadExactlyAsync(back, ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), ct);
         Assert.True(payload.AsSpan().SequenceEqual(back), $"{Process.Name}: echoed bytes differ");
         Assert.Equal(0, await stream.ReadAsync(new byte[1], ct));
+        FirstFlow ??= clock.Elapsed;
     }
 
     /// <summary>The running client's status, as 'ferry client status' prints it.</summary>
