@@ -35,7 +35,7 @@ internal sealed record HarnessFigure(
     /// flow (ticket, relay binding and QUIC handshake from cold) as the reference.
     /// </summary>
     public static readonly HarnessFigure Failover = new(
-        "failover", "Time from killing a client's connector to its next flow done through another", "tests/Ferry.IntegrationTests",
+        "failover", "Time from a client's connector dying (killed or frozen) to its next flow done through another", "tests/Ferry.IntegrationTests",
         "FullyQualifiedName~ConnectorClusterTests.When_the_connector|FullyQualifiedName~ConnectorClusterTests.A_client_uses_the_nearest",
         "FERRY_BENCH_FAILOVER", "case", "failoverMs", "firstFlowMs", "first flow from cold", "no failover case reported (did the cluster tests run?)");
 

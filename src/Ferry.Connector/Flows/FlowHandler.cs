@@ -185,7 +185,7 @@ public sealed partial class FlowHandler
             {
                 socket.Dispose();
                 lastError = e.SocketErrorCode;
-                tried.Add($"{endpoint}: {Describe(e.SocketErrorCode)}");
+                tried.Add($"{endpoint}: {SocketErrors.Describe(e.SocketErrorCode)}");
             }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
             {
@@ -252,14 +252,4 @@ public sealed partial class FlowHandler
         }
         return (FlowStatus.Ok, "", allowed);
     }
-
-    private static string Describe(SocketError error) => error switch
-    {
-        SocketError.ConnectionRefused => "refused",
-        SocketError.HostUnreachable or SocketError.HostDown => "no route to host",
-        SocketError.NetworkUnreachable or SocketError.NetworkDown => "network unreachable",
-        SocketError.TimedOut => "timed out",
-        SocketError.AddressFamilyNotSupported => "the connector host has no such address family",
-        _ => error.ToString(),
-    };
 }

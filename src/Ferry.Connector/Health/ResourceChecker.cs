@@ -134,7 +134,7 @@ public sealed class ResourceChecker(INameResolver resolver, TimeSpan connectTime
         }
         catch (SocketException e)
         {
-            return new ResourceCheck(resource.Id, Unreachable, $"{resolved}{endpoint}: {Describe(e.SocketErrorCode)}");
+            return new ResourceCheck(resource.Id, Unreachable, $"{resolved}{endpoint}: {SocketErrors.Describe(e.SocketErrorCode)}");
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
@@ -166,14 +166,4 @@ public sealed class ResourceChecker(INameResolver resolver, TimeSpan connectTime
         host = network;
         return true;
     }
-
-    private static string Describe(SocketError error) => error switch
-    {
-        SocketError.ConnectionRefused => "connection refused",
-        SocketError.HostUnreachable or SocketError.HostDown => "no route to host",
-        SocketError.NetworkUnreachable or SocketError.NetworkDown => "network unreachable",
-        SocketError.TimedOut => "connection timed out",
-        SocketError.AddressFamilyNotSupported => "the connector host has no such address family",
-        _ => error.ToString(),
-    };
 }
