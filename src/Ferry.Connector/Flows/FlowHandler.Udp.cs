@@ -111,7 +111,7 @@ public sealed partial class FlowHandler
                 }
                 catch (SocketException e)
                 {
-                    return $"the connector's UDP socket to {socket.RemoteEndPoint} failed: {Describe(e.SocketErrorCode)}";
+                    return $"the connector's UDP socket to {socket.RemoteEndPoint} failed: {SocketErrors.Describe(e.SocketErrorCode)}";
                 }
                 if (!await flow.SendAsync(buffer.AsMemory(0, length), cancellationToken))
                 {
@@ -160,7 +160,7 @@ public sealed partial class FlowHandler
             catch (SocketException e)
             {
                 socket.Dispose();
-                tried.Add($"{endpoint}: {Describe(e.SocketErrorCode)}");
+                tried.Add($"{endpoint}: {SocketErrors.Describe(e.SocketErrorCode)}");
             }
             catch
             {
