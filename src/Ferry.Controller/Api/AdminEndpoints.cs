@@ -54,6 +54,10 @@ public static partial class AdminEndpoints
         api.MapPost("/resources", AddResourceAsync);
         api.MapDelete("/resources/{resource}", RemoveResourceAsync);
 
+        api.MapGet("/operators", async (ControllerStore store, CancellationToken ct) => (await store.ListOperatorsAsync(ct)).Select(ToView));
+        api.MapPost("/operators", CreateOperatorAsync);
+        api.MapDelete("/operators/{name}", RemoveOperatorAsync);
+
         api.MapGet("/users", ListUsersAsync);
         api.MapPost("/users", CreateUserAsync);
         api.MapDelete("/users/{user}", RemoveUserAsync);
@@ -338,6 +342,35 @@ public static partial class AdminEndpoints
     }
 
     // ---- users and groups
+
+    /// <summary>Creates a console operator; its TOTP secret is generated here and shown only in this answer.</summary>
+    private static async Task<IResult> CreateOperatorAsync(OperatorCreateRequest request, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
+    {
+        var name = RequireName(request.Name, "operator");
+        if (string.IsNullOrEmpty(request.Password) || request.Password.Length < 12)
+        {
+            throw ApiException.BadRequest("an operator's password must be at least 12 characters");
+        }
+        if (await store.FindOperatorAsync(name, ct) is not null)
+        {
+            throw ApiException.Conflict($"an operator named '{name}' exists already");
+        }
+        var secret = Core.Security.Totp.NewSecret();
+        var row = new OperatorRow { Id = TokenFormat.NewId("op_"), Name = name, PasswordHash = PasswordHasher.Hash(request.Password), TotpSecret = Core.Security.Totp.ToBase32(secret), CreatedAt = Now(time) };
+        await UniqueAsync(() => store.InsertOperatorAsync(row, ct), $"an operator named '{name}' exists already");
+        await AuditAsync(http, store, time, "operator.create", name, ct);
+        return Results.Created($"/api/v1/operators/{row.Id}", new OperatorCreated(ToView(row), row.TotpSecret, Core.Security.Totp.ProvisioningUri("Ferry", name, secret)));
+    }
+
+    private static async Task<IResult> RemoveOperatorAsync(string name, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
+    {
+        var row = await store.FindOperatorAsync(name, ct) ?? throw ApiException.NotFound("operator", name);
+        await store.DeleteOperatorAsync(row.Id, ct);
+        await AuditAsync(http, store, time, "operator.remove", row.Name, ct);
+        return Results.NoContent();
+    }
+
+    private static OperatorView ToView(OperatorRow o) => new(o.Id, o.Name, Time(o.CreatedAt), o.LastSignIn is { } at ? Time(at) : null);
 
     private static async Task<IResult> ListUsersAsync(ControllerStore store, CancellationToken ct)
     {

@@ -312,6 +312,39 @@ public sealed class ControllerStore(Database database)
         }, ct);
     }
 
+    // ---- console operators
+
+    public async Task InsertOperatorAsync(OperatorRow row, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync("INSERT INTO operators (id, name, password_hash, totp_secret, totp_last_step, created_at) VALUES (@Id, @Name, @PasswordHash, @TotpSecret, 0, @CreatedAt)", row);
+    }
+
+    public async Task<IReadOnlyList<OperatorRow>> ListOperatorsAsync(CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return (await c.QueryAsync<OperatorRow>("SELECT * FROM operators ORDER BY name")).AsList();
+    }
+
+    public async Task<OperatorRow?> FindOperatorAsync(string nameOrId, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return await c.QuerySingleOrDefaultAsync<OperatorRow>("SELECT * FROM operators WHERE id = @nameOrId OR name = @nameOrId", new { nameOrId });
+    }
+
+    public async Task<bool> DeleteOperatorAsync(string id, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return await c.ExecuteAsync("DELETE FROM operators WHERE id = @id", new { id }) == 1;
+    }
+
+    /// <summary>Marks TOTP step <paramref name="step"/> used; false when it or a later one was used already (a replayed code, or a race between replicas).</summary>
+    public async Task<bool> ClaimTotpStepAsync(string id, long step, long now, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return await c.ExecuteAsync("UPDATE operators SET totp_last_step = @step, last_sign_in = @now WHERE id = @id AND totp_last_step < @step", new { id, step, now }) == 1;
+    }
+
     // ---- users and groups
 
     public async Task InsertUserAsync(UserRow row, CancellationToken ct)

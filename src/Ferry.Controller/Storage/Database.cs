@@ -169,6 +169,14 @@ public sealed class Database : IAsyncDisposable
             tcp TEXT NOT NULL,
             udp TEXT NOT NULL,
             created_at BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS operators (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            totp_secret TEXT NOT NULL,
+            totp_last_step BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL,
+            last_sign_in BIGINT);
         CREATE TABLE IF NOT EXISTS users (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,

@@ -92,6 +92,18 @@ public sealed class ResourceRow
 }
 
 /// <summary>A user row.</summary>
+/// <summary>An operator of the admin console: password hash, TOTP secret (base32) and the last TOTP step used.</summary>
+public sealed class OperatorRow
+{
+    public string Id { get; set; } = "";
+    public string Name { get; set; } = "";
+    public string PasswordHash { get; set; } = "";
+    public string TotpSecret { get; set; } = "";
+    public long TotpLastStep { get; set; }
+    public long CreatedAt { get; set; }
+    public long? LastSignIn { get; set; }
+}
+
 public sealed class UserRow
 {
     public string Id { get; set; } = "";

@@ -77,6 +77,15 @@ public sealed record ResourceCreateRequest(string Network, string Address, strin
 /// </summary>
 public sealed record ResourceView(string Id, string Name, string Network, string Address, string Kind, string Tcp, string Udp, DateTimeOffset CreatedAt, string? Warning = null);
 
+/// <summary>Body of POST /api/v1/operators: an operator of the admin console.</summary>
+public sealed record OperatorCreateRequest(string Name, string Password);
+
+/// <summary>An operator of the admin console.</summary>
+public sealed record OperatorView(string Id, string Name, DateTimeOffset CreatedAt, DateTimeOffset? LastSignIn);
+
+/// <summary>A new operator with its TOTP secret, shown this once: typed into an authenticator app, or opened as the otpauth:// URI.</summary>
+public sealed record OperatorCreated(OperatorView Operator, string TotpSecret, string TotpUri);
+
 /// <summary>Body of POST /api/v1/users.</summary>
 public sealed record UserCreateRequest(string Name, string Password);
 

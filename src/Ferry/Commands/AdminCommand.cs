@@ -22,6 +22,7 @@ internal static class AdminCommand
         admin.Subcommands.Add(Relays());
         admin.Subcommands.Add(Resources());
         admin.Subcommands.Add(Groups());
+        admin.Subcommands.Add(Operators());
         admin.Subcommands.Add(Users());
         admin.Subcommands.Add(ServiceAccounts());
         admin.Subcommands.Add(Devices());
@@ -260,6 +261,37 @@ internal static class AdminCommand
         {
             await c.DeleteAsync($"/api/v1/users/{Esc(p.GetValue(removeName))}", ct);
             return Done(p, $"user '{p.GetValue(removeName)}' removed");
+        }));
+        return group;
+    }
+
+    private static Command Operators()
+    {
+        var group = new Command("operator", "Operators who sign in to the admin console (password and TOTP).");
+        var name = new Argument<string>("name") { Description = "Operator name" };
+        var passwordFile = new Option<string?>("--password-file") { Description = "File holding the password, 12 characters or more (or FERRY_PASSWORD)" };
+        group.Subcommands.Add(Action(new Command("create", "Create an operator and print its TOTP secret (shown once) for an authenticator app.") { name, passwordFile }, async (p, c, ct) =>
+        {
+            var password = p.GetValue(passwordFile) is { } f ? File.ReadAllText(f).Trim() : Env.Get("FERRY_PASSWORD")
+                ?? throw new CliException("give the password with --password-file or FERRY_PASSWORD", 2);
+            var created = await c.PostAsync<OperatorCreated>("/api/v1/operators", new OperatorCreateRequest(p.GetValue(name)!, password), ct);
+            return Emit(p, created, () =>
+            {
+                Console.WriteLine($"operator '{created.Operator.Name}' ({created.Operator.Id}) created.");
+                Console.WriteLine($"TOTP secret (shown once; type it into an authenticator app): {created.TotpSecret}");
+                Console.WriteLine($"or open: {created.TotpUri}");
+            });
+        }));
+        group.Subcommands.Add(Action(new Command("list", "List operators."), async (p, c, ct) =>
+        {
+            var all = await c.GetAsync<OperatorView[]>("/api/v1/operators", ct);
+            return Emit(p, all, () => Output.Table(["NAME", "ID", "LAST SIGN-IN"], all.Select(o => new[] { o.Name, o.Id, o.LastSignIn?.ToString("u", System.Globalization.CultureInfo.InvariantCulture) ?? "never" })));
+        }));
+        var removeName = new Argument<string>("operator") { Description = "Operator name or id" };
+        group.Subcommands.Add(Action(new Command("remove", "Remove an operator.") { removeName }, async (p, c, ct) =>
+        {
+            await c.DeleteAsync($"/api/v1/operators/{Esc(p.GetValue(removeName))}", ct);
+            return Done(p, $"operator '{p.GetValue(removeName)}' removed");
         }));
         return group;
     }
