@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
 using Ferry.Controller.Api;
+using Ferry.Controller.Console;
 using Ferry.Controller.CertificateAuthority;
 using Ferry.Controller.Policy;
 using Ferry.Controller.Sessions;
@@ -89,6 +90,7 @@ public static class ControllerHost
         builder.Services.AddSingleton<RelayDirectory>();
         builder.Services.AddSingleton<ConnectorDirectory>();
         builder.Services.AddSingleton<TicketService>();
+        builder.Services.AddConsole(options, Path.GetFullPath(options.DataDirectory));
         builder.Services.AddProblemDetails();
         // Unreadable bodies throw, so ProblemMiddleware answers them with problem+json like every other refusal.
         builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
@@ -115,6 +117,9 @@ public static class ControllerHost
         }
         app.UseWebSockets();
         app.UseMiddleware<AdminAuthenticationMiddleware>();
+        app.UseAuthentication();
+        app.UseAuthorization();
+        app.UseAntiforgery();
         app.MapGet("/healthz", () => Results.Ok(new { status = "alive" }));
         app.MapGet("/readyz", async (CancellationToken rct) =>
         {
@@ -130,6 +135,7 @@ public static class ControllerHost
         });
         app.MapOpenApi("/openapi/{documentName}.json");
         app.MapAdminApi();
+        app.MapConsole();
         app.MapRelayApi();
         app.MapDaemonApi();
         app.Map("/v1/session", (HttpContext context, SessionHandler handler) => handler.HandleAsync(context));

@@ -31,6 +31,9 @@ public sealed class ControllerOptions
     /// <summary>Beyond this clock offset a daemon is flagged with a warning.</summary>
     public TimeSpan ClockWarning { get; set; } = TimeSpan.FromSeconds(3);
 
+    /// <summary>A console session unused this long ends; the operator signs in again.</summary>
+    public TimeSpan ConsoleIdleTimeout { get; set; } = TimeSpan.FromMinutes(30);
+
     /// <summary>Names this process among replicas sharing one database.</summary>
     public string ReplicaId { get; set; } = Environment.MachineName;
 

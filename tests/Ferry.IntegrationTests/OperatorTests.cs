@@ -1,4 +1,6 @@
+using System.Net;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using Ferry.Core.Api;
 using Ferry.Core.Security;
 using Ferry.IntegrationTests.Infrastructure;
@@ -6,11 +8,104 @@ using Ferry.IntegrationTests.Infrastructure;
 namespace Ferry.IntegrationTests;
 
 /// <summary>
-/// Issue 8, first part: operators of the admin console, each with a password and a TOTP secret shown once; the secret works
-/// in an authenticator (its codes are the RFC 6238 ones), and bad input is refused with its reason.
+/// Issue 8, first part: operators of the admin console, each with a password and a TOTP secret shown once, and the console's
+/// sign-in: wrong password, wrong or replayed code and a forged form post are refused; a session ends when unused.
 /// </summary>
-public sealed class OperatorTests
+public sealed partial class OperatorTests
 {
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Console_sign_in_needs_password_and_a_fresh_totp_code_and_refuses_forged_posts()
+    {
+        await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite, "--console-idle-timeout", "3");
+        var env = controller.AdminEnv();
+        env["FERRY_PASSWORD"] = "a long operator password";
+        var created = await FerryCli.RunAsync(["admin", "operator", "create", "ops", "--json"], env);
+        Assert.True(created.ExitCode == 0, created.ToString());
+        var secret = Totp.FromBase32(JsonSerializer.Deserialize<OperatorCreated>(created.Stdout, ControllerInstance.Json)!.TotpSecret)!;
+        using var browser = Browser(controller);
+
+        // The page itself: a form with an anti-forgery token and labelled fields, nothing fetched from elsewhere.
+        var page = await browser.GetStringAsync("/console/login", Ct);
+        Assert.Contains("<label for=\"code\">", page, StringComparison.Ordinal);
+        Assert.DoesNotMatch("(src|href)=\"https?://", page);
+        var token = CsrfToken(page);
+
+        // Wrong password, then wrong code: refused, with one message that does not say which.
+        var wrongPassword = await PostAsync(browser, "/console/login", new() { ["csrf"] = token, ["name"] = "ops", ["password"] = "not the password", ["code"] = Totp.Code(secret, Totp.StepAt(DateTimeOffset.UtcNow)) });
+        Assert.Equal(HttpStatusCode.Unauthorized, wrongPassword.StatusCode);
+        Assert.Contains("Sign-in failed", await wrongPassword.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+        var wrongCode = await PostAsync(browser, "/console/login", new() { ["csrf"] = token, ["name"] = "ops", ["password"] = "a long operator password", ["code"] = WrongCode(secret) });
+        Assert.Equal(HttpStatusCode.Unauthorized, wrongCode.StatusCode);
+        await controller.Process.WaitForLineAsync(l => l.Contains("Console sign-in refused for 'ops'", StringComparison.Ordinal) && l.Contains("wrong password", StringComparison.Ordinal), TimeSpan.FromSeconds(5), "the refusal logged with its reason");
+        Assert.Contains("wrong or already used TOTP code", controller.Process.Output, StringComparison.Ordinal);
+
+        // A forged post: the right credentials, but no token from the page (what another site's form would send).
+        using (var forger = Browser(controller))
+        {
+            var forged = await PostAsync(forger, "/console/login", new() { ["name"] = "ops", ["password"] = "a long operator password", ["code"] = Totp.Code(secret, Totp.StepAt(DateTimeOffset.UtcNow)) });
+            Assert.Equal(HttpStatusCode.BadRequest, forged.StatusCode);
+            // Nor does a token taken from someone else's page pass with this visitor's cookies.
+            var stolen = await PostAsync(forger, "/console/login", new() { ["csrf"] = token, ["name"] = "ops", ["password"] = "a long operator password", ["code"] = Totp.Code(secret, Totp.StepAt(DateTimeOffset.UtcNow)) });
+            Assert.Equal(HttpStatusCode.BadRequest, stolen.StatusCode);
+        }
+        Assert.Equal(HttpStatusCode.Redirect, (await browser.GetAsync("/console/", Ct)).StatusCode);
+
+        // The right password and a fresh code: in.
+        var code = Totp.Code(secret, Totp.StepAt(DateTimeOffset.UtcNow));
+        var signedIn = await PostAsync(browser, "/console/login", new() { ["csrf"] = token, ["name"] = "ops", ["password"] = "a long operator password", ["code"] = code });
+        Assert.Equal(HttpStatusCode.Redirect, signedIn.StatusCode);
+        Assert.Equal("/console/", signedIn.Headers.Location?.OriginalString);
+        var cookie = signedIn.Headers.GetValues("Set-Cookie").Single(c => c.StartsWith("ferry_console=", StringComparison.Ordinal));
+        Assert.Contains("secure", cookie, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("httponly", cookie, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("samesite=strict", cookie, StringComparison.OrdinalIgnoreCase);
+        var home = await browser.GetAsync("/console/", Ct);
+        Assert.Equal(HttpStatusCode.OK, home.StatusCode);
+        Assert.Contains("Signed in as <strong>ops</strong>", await home.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+        Assert.NotNull(JsonSerializer.Deserialize<OperatorView[]>(await controller.AdminAsync("operator", "list", "--json"), ControllerInstance.Json)!.Single().LastSignIn);
+
+        // The same code again, from a fresh visitor: refused (a code is good once).
+        using (var replayer = Browser(controller))
+        {
+            var replayToken = CsrfToken(await replayer.GetStringAsync("/console/login", Ct));
+            var replayed = await PostAsync(replayer, "/console/login", new() { ["csrf"] = replayToken, ["name"] = "ops", ["password"] = "a long operator password", ["code"] = code });
+            Assert.Equal(HttpStatusCode.Unauthorized, replayed.StatusCode);
+        }
+
+        // Unused for longer than the idle timeout (3 s here), the session is over.
+        await Task.Delay(TimeSpan.FromSeconds(4), Ct);
+        var expired = await browser.GetAsync("/console/", Ct);
+        Assert.Equal(HttpStatusCode.Redirect, expired.StatusCode);
+        Assert.StartsWith("/console/login", expired.Headers.Location?.PathAndQuery ?? expired.Headers.Location?.OriginalString, StringComparison.Ordinal);
+    }
+
+    private static HttpClient Browser(ControllerInstance controller)
+    {
+        var handler = ControllerTrust.Create(controller.Fingerprint, null).CreateHandler();
+        handler.AllowAutoRedirect = false;
+        handler.CookieContainer = new CookieContainer();
+        handler.UseCookies = true;
+        return new HttpClient(handler) { BaseAddress = new Uri(controller.Url), Timeout = TimeSpan.FromSeconds(30) };
+    }
+
+    private static Task<HttpResponseMessage> PostAsync(HttpClient browser, string path, Dictionary<string, string> fields)
+        => browser.PostAsync(path, new FormUrlEncodedContent(fields), Ct);
+
+    private static string CsrfToken(string page) => CsrfPattern().Match(page) is { Success: true } m ? WebUtility.HtmlDecode(m.Groups[1].Value) : throw new Xunit.Sdk.XunitException("no anti-forgery token on the page:\n" + page);
+
+    /// <summary>A six-digit code that is none of the codes current around now.</summary>
+    private static string WrongCode(byte[] secret)
+    {
+        var step = Totp.StepAt(DateTimeOffset.UtcNow);
+        var current = Enumerable.Range(-2, 5).Select(d => Totp.Code(secret, step + d)).ToHashSet();
+        return Enumerable.Range(0, 10).Select(i => $"{i}{i}{i}{i}{i}{i}").First(c => !current.Contains(c));
+    }
+
+    [GeneratedRegex("name=\"csrf\" value=\"([^\"]+)\"")]
+    private static partial Regex CsrfPattern();
+
     [Fact]
     public async Task An_operator_is_created_with_a_totp_secret_shown_once_listed_audited_and_removed()
     {

@@ -19,9 +19,10 @@ internal static class ControllerCommand
         var replica = new Option<string?>("--replica-id") { Description = "Name of this replica among several on one PostgreSQL", Hidden = true };
         var accessLifetime = new Option<double?>("--access-token-lifetime") { Description = "Seconds an access token stays valid", Hidden = true };
         var certificateLifetime = new Option<double?>("--certificate-lifetime") { Description = "Seconds a daemon or device certificate stays valid", Hidden = true };
+        var consoleIdle = new Option<double?>("--console-idle-timeout") { Description = "Seconds an unused admin console session lasts (default 1800)" };
         var command = new Command("controller", "Run the controller: admin API, daemon sessions and certificate authority.")
         {
-            data, listen, database, tlsCert, tlsKey, trustedProxy, heartbeat, publicUrl, replica, accessLifetime, certificateLifetime,
+            data, listen, database, tlsCert, tlsKey, trustedProxy, heartbeat, publicUrl, replica, accessLifetime, certificateLifetime, consoleIdle,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -46,6 +47,10 @@ internal static class ControllerCommand
             if (parse.GetValue(certificateLifetime) is { } certLifetime)
             {
                 options.CertificateLifetime = TimeSpan.FromSeconds(certLifetime);
+            }
+            if (parse.GetValue(consoleIdle) is { } idle)
+            {
+                options.ConsoleIdleTimeout = idle is >= 1 and <= 86400 ? TimeSpan.FromSeconds(idle) : throw new CliException($"--console-idle-timeout {idle} is out of range: give 1 to 86400 seconds", 2);
             }
             foreach (var proxy in parse.GetValue(trustedProxy) ?? [])
             {
