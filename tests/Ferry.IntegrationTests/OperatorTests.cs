@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Http.Json;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Ferry.Core.Api;
@@ -39,7 +40,7 @@ public sealed partial class OperatorTests
         var wrongCode = await PostAsync(browser, "/console/login", new() { ["csrf"] = token, ["name"] = "ops", ["password"] = "a long operator password", ["code"] = WrongCode(secret) });
         Assert.Equal(HttpStatusCode.Unauthorized, wrongCode.StatusCode);
         await controller.Process.WaitForLineAsync(l => l.Contains("Console sign-in refused for 'ops'", StringComparison.Ordinal) && l.Contains("wrong password", StringComparison.Ordinal), TimeSpan.FromSeconds(5), "the refusal logged with its reason");
-        Assert.Contains("wrong or already used TOTP code", controller.Process.Output, StringComparison.Ordinal);
+        await controller.Process.WaitForLineAsync(l => l.Contains("wrong or already used TOTP code", StringComparison.Ordinal), TimeSpan.FromSeconds(5), "the wrong code logged");
 
         // A forged post: the right credentials, but no token from the page (what another site's form would send).
         using (var forger = Browser(controller))
@@ -63,7 +64,27 @@ public sealed partial class OperatorTests
         Assert.Contains("samesite=strict", cookie, StringComparison.OrdinalIgnoreCase);
         var home = await browser.GetAsync("/console/", Ct);
         Assert.Equal(HttpStatusCode.OK, home.StatusCode);
-        Assert.Contains("Signed in as <strong>ops</strong>", await home.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+        Assert.Contains("default-src 'self'", home.Headers.GetValues("Content-Security-Policy").Single(), StringComparison.Ordinal);
+        var homePage = await home.Content.ReadAsStringAsync(Ct);
+        Assert.Contains("<meta name=\"operator\" content=\"ops\">", homePage, StringComparison.Ordinal);
+
+        // The page's script uses the admin API with this session: reads freely, changes only with the page's token.
+        Assert.Equal(HttpStatusCode.OK, (await browser.GetAsync("/api/v1/networks", Ct)).StatusCode);
+        var noToken = await browser.PostAsJsonAsync("/api/v1/networks", new NetworkCreateRequest("corp"), Ct);
+        Assert.Equal(HttpStatusCode.BadRequest, noToken.StatusCode);
+        Assert.Contains("anti-forgery token", await noToken.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+        var pageToken = WebUtility.HtmlDecode(MetaCsrfPattern().Match(homePage).Groups[1].Value);
+        using (var create = new HttpRequestMessage(HttpMethod.Post, "/api/v1/networks") { Content = JsonContent.Create(new NetworkCreateRequest("corp")) })
+        {
+            create.Headers.Add("X-CSRF", pageToken);
+            Assert.Equal(HttpStatusCode.Created, (await browser.SendAsync(create, Ct)).StatusCode);
+        }
+        Assert.Contains("operator ops", await controller.AdminAsync("audit", "list"), StringComparison.Ordinal);
+        // Without a session and without the key, nothing.
+        using (var stranger = Browser(controller))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await stranger.GetAsync("/api/v1/networks", Ct)).StatusCode);
+        }
         Assert.NotNull(JsonSerializer.Deserialize<OperatorView[]>(await controller.AdminAsync("operator", "list", "--json"), ControllerInstance.Json)!.Single().LastSignIn);
 
         // The same code again, from a fresh visitor: refused (a code is good once).
@@ -102,6 +123,9 @@ public sealed partial class OperatorTests
         var current = Enumerable.Range(-2, 5).Select(d => Totp.Code(secret, step + d)).ToHashSet();
         return Enumerable.Range(0, 10).Select(i => $"{i}{i}{i}{i}{i}{i}").First(c => !current.Contains(c));
     }
+
+    [GeneratedRegex("<meta name=\"csrf\" content=\"([^\"]+)\">")]
+    private static partial Regex MetaCsrfPattern();
 
     [GeneratedRegex("name=\"csrf\" value=\"([^\"]+)\"")]
     private static partial Regex CsrfPattern();

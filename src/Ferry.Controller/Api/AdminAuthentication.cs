@@ -1,11 +1,18 @@
 using Ferry.Controller.Storage;
 using Ferry.Core.Tokens;
+using Microsoft.AspNetCore.Antiforgery;
+using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Ferry.Controller.Api;
 
-/// <summary>Guards the admin API and its OpenAPI document with the admin API key; only health endpoints and daemon endpoints (which carry their own tokens) pass without it.</summary>
+/// <summary>
+/// Guards the admin API and its OpenAPI document: the admin API key, or a signed-in console operator's session (whose
+/// changes must also carry the page's anti-forgery token in X-CSRF); only health endpoints and daemon endpoints (which
+/// carry their own tokens) pass without either.
+/// </summary>
 public sealed class AdminAuthenticationMiddleware(RequestDelegate next, ILogger<AdminAuthenticationMiddleware> logger)
 {
     public const string ActorItem = "ferry.actor";
@@ -20,6 +27,20 @@ public sealed class AdminAuthenticationMiddleware(RequestDelegate next, ILogger<
         }
         var header = context.Request.Headers.Authorization.ToString();
         var presented = header.StartsWith("Bearer ", StringComparison.Ordinal) ? header["Bearer ".Length..].Trim() : context.Request.Headers["X-Api-Key"].ToString();
+        if (presented.Length == 0 && await OperatorOfAsync(context) is { } operatorName)
+        {
+            if (!HttpMethods.IsGet(context.Request.Method) && !HttpMethods.IsHead(context.Request.Method)
+                && !await context.RequestServices.GetRequiredService<IAntiforgery>().IsRequestValidAsync(context))
+            {
+                Log.AdminRefused(logger, "console request without a valid anti-forgery token", path, context.Connection.RemoteIpAddress?.ToString() ?? "unknown");
+                await Results.Problem(statusCode: 400, title: "Bad Request",
+                    detail: "this change came without the console page's anti-forgery token (X-CSRF header); reload the console and try again").ExecuteAsync(context);
+                return;
+            }
+            context.Items[ActorItem] = "operator " + operatorName;
+            await next(context);
+            return;
+        }
         if (presented.Length == 0 || !adminKey.Matches(presented))
         {
             var reason = presented.Length == 0 ? "no API key" : "wrong API key";
@@ -33,6 +54,19 @@ public sealed class AdminAuthenticationMiddleware(RequestDelegate next, ILogger<
         }
         context.Items[ActorItem] = "admin";
         await next(context);
+    }
+
+    /// <summary>The console operator whose session cookie came with the request; null without one.</summary>
+    private static async Task<string?> OperatorOfAsync(HttpContext context)
+    {
+        var result = await context.AuthenticateAsync(Console.ConsoleEndpoints.Scheme);
+        if (!result.Succeeded)
+        {
+            return null;
+        }
+        // The anti-forgery token is bound to the signed-in operator, so the request must carry who that is.
+        context.User = result.Principal;
+        return result.Principal.Identity?.Name;
     }
 }
 

@@ -33,11 +33,14 @@ public static partial class ConsoleEndpoints
     /// <summary>Cookie session, anti-forgery and their keys (kept in the data folder, so a restart signs nobody out).</summary>
     public static void AddConsole(this IServiceCollection services, ControllerOptions options, string dataDirectory)
     {
-        services.AddDataProtection().PersistKeysToFileSystem(new DirectoryInfo(Path.Combine(dataDirectory, "console-keys"))).SetApplicationName("ferry-controller");
+        var keys = Path.Combine(dataDirectory, "console-keys");
+        // Like admin.key: readable by the controller's user only. The keys sign session cookies and anti-forgery tokens.
+        var folder = OperatingSystem.IsWindows() ? Directory.CreateDirectory(keys) : Directory.CreateDirectory(keys, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        services.AddDataProtection().PersistKeysToFileSystem(folder).SetApplicationName("ferry-controller");
         services.AddAuthentication(Scheme).AddCookie(Scheme, o =>
         {
             o.Cookie.Name = "ferry_console";
-            o.Cookie.Path = "/console";
+            o.Cookie.Path = "/";
             o.Cookie.HttpOnly = true;
             o.Cookie.SecurePolicy = CookieSecurePolicy.Always;
             o.Cookie.SameSite = SameSiteMode.Strict;
@@ -60,7 +63,7 @@ public static partial class ConsoleEndpoints
         services.AddAntiforgery(o =>
         {
             o.Cookie.Name = "ferry_csrf";
-            o.Cookie.Path = "/console";
+            o.Cookie.Path = "/";
             o.Cookie.SecurePolicy = CookieSecurePolicy.Always;
             o.Cookie.SameSite = SameSiteMode.Strict;
             o.FormFieldName = "csrf";
@@ -78,10 +81,24 @@ public static partial class ConsoleEndpoints
             await http.SignOutAsync(Scheme);
             return Results.Redirect("/console/login");
         }).RequireAuthorization(p => p.AddAuthenticationSchemes(Scheme).RequireAuthenticatedUser());
-        console.MapGet("/", (HttpContext http, IAntiforgery antiforgery) => Page("Ferry console", $"""
-            <p>Signed in as <strong>{WebUtility.HtmlEncode(http.User.Identity?.Name)}</strong>.</p>
-            <form method="post" action="/console/logout">{Token(http, antiforgery)}<button type="submit">Sign out</button></form>
-            """, StatusCodes.Status200OK)).RequireAuthorization(p => p.AddAuthenticationSchemes(Scheme).RequireAuthenticatedUser());
+        // The app: one page whose script talks to the admin API with this session (changes carry the token from the page).
+        console.MapGet("/", (HttpContext http, IAntiforgery antiforgery) =>
+        {
+            Secure(http);
+            var html = Asset("index.html")!.Text
+                .Replace("{{csrf}}", WebUtility.HtmlEncode(antiforgery.GetAndStoreTokens(http).RequestToken), StringComparison.Ordinal)
+                .Replace("{{operator}}", WebUtility.HtmlEncode(http.User.Identity?.Name), StringComparison.Ordinal);
+            return Results.Content(html, "text/html; charset=utf-8");
+        }).RequireAuthorization(p => p.AddAuthenticationSchemes(Scheme).RequireAuthenticatedUser());
+        console.MapGet("/assets/{file}", (string file, HttpContext http) =>
+        {
+            if (Asset(file) is not { } asset)
+            {
+                return Results.NotFound();
+            }
+            http.Response.Headers.CacheControl = "no-cache";
+            return Results.Bytes(asset.Bytes, asset.ContentType);
+        });
     }
 
     private static async Task<IResult> SignInAsync([FromForm] SignInForm form, HttpContext http, IAntiforgery antiforgery, ControllerStore store, TimeProvider time, ILoggerFactory loggers)
@@ -126,7 +143,44 @@ public static partial class ConsoleEndpoints
         return Results.Redirect("/console/");
     }
 
-    private static IResult SignInPage(HttpContext http, IAntiforgery antiforgery, string? error, int status) => Page("Sign in to Ferry", $"""
+    private sealed record ConsoleAsset(byte[] Bytes, string ContentType)
+    {
+        public string Text => System.Text.Encoding.UTF8.GetString(Bytes);
+    }
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, ConsoleAsset?> Assets = new(StringComparer.Ordinal);
+
+    /// <summary>A file of the console shipped in the binary (wwwroot); null for any other name.</summary>
+    private static ConsoleAsset? Asset(string file) => Assets.GetOrAdd(file, name =>
+    {
+        var contentType = Path.GetExtension(name) switch
+        {
+            ".html" => "text/html; charset=utf-8",
+            ".js" => "text/javascript; charset=utf-8",
+            ".css" => "text/css; charset=utf-8",
+            ".svg" => "image/svg+xml",
+            _ => null,
+        };
+        using var stream = contentType is null ? null : typeof(ConsoleEndpoints).Assembly.GetManifestResourceStream("console/" + name);
+        if (stream is null)
+        {
+            return null;
+        }
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return new ConsoleAsset(copy.ToArray(), contentType!);
+    });
+
+    /// <summary>Console pages run only their own script and style, and never inside another site's frame.</summary>
+    private static void Secure(HttpContext http)
+    {
+        http.Response.Headers.ContentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+        http.Response.Headers.XContentTypeOptions = "nosniff";
+        http.Response.Headers["Referrer-Policy"] = "no-referrer";
+        http.Response.Headers.CacheControl = "no-store";
+    }
+
+    private static IResult SignInPage(HttpContext http, IAntiforgery antiforgery, string? error, int status) => Page(http, "Sign in to Ferry", $"""
         {(error is null ? "" : $"<p role=\"alert\" class=\"error\">{WebUtility.HtmlEncode(error)}</p>")}
         <form method="post" action="/console/login">
           {Token(http, antiforgery)}
@@ -143,22 +197,20 @@ public static partial class ConsoleEndpoints
         return $"<input type=\"hidden\" name=\"{tokens.FormFieldName}\" value=\"{WebUtility.HtmlEncode(tokens.RequestToken)}\">";
     }
 
-    /// <summary>A whole page: everything inline, nothing fetched from elsewhere.</summary>
-    private static IResult Page(string title, string body, int status) => Results.Content($$"""
-        <!doctype html>
-        <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-        <title>{{WebUtility.HtmlEncode(title)}}</title>
-        <style>
-          body { font-family: system-ui, sans-serif; max-width: 28rem; margin: 3rem auto; padding: 0 1rem; color: #1b1f24; }
-          label { display: block; margin-top: 1rem; font-weight: 600; }
-          input { width: 100%; box-sizing: border-box; padding: .5rem; font-size: 1rem; }
-          button { margin-top: 1.5rem; padding: .6rem 1.2rem; font-size: 1rem; }
-          .error { color: #a40e26; }
-        </style></head>
-        <body><main><h1>{{WebUtility.HtmlEncode(title)}}</h1>
-        {{body}}
-        </main></body></html>
-        """, "text/html; charset=utf-8", statusCode: status);
+    /// <summary>A server-rendered page (sign-in) in the console's own style; nothing is fetched from elsewhere.</summary>
+    private static IResult Page(HttpContext http, string title, string body, int status)
+    {
+        Secure(http);
+        return Results.Content($$"""
+            <!doctype html>
+            <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+            <title>{{WebUtility.HtmlEncode(title)}}</title>
+            <link rel="stylesheet" href="/console/assets/console.css"></head>
+            <body class="narrow"><main><h1>{{WebUtility.HtmlEncode(title)}}</h1>
+            {{body}}
+            </main></body></html>
+            """, "text/html; charset=utf-8", statusCode: status);
+    }
 
     [LoggerMessage(150, LogLevel.Warning, "Console sign-in refused for '{Name}' from {From}: {Reason}")]
     private static partial void LogSignInRefused(ILogger logger, string name, string from, string reason);
