@@ -9,6 +9,8 @@ FERRY_DEBIAN_PACKAGES=(
   ngtcp2-client ngtcp2-server coturn postgresql iproute2 iptables socat iperf3 curl gcc
   openssh-server openssh-client dnsmasq-base bind9-dnsutils
 )
+# Only the test suite needs these: the console's browser tests.
+FERRY_TEST_ONLY_PACKAGES=(chromium nodejs)
 
 ensure_debian_packages() {
   local missing=()
@@ -30,6 +32,17 @@ ensure_debian_packages() {
   fi
   apt-get install -y -qq "${missing[@]}" >/dev/null || { [ -z "$created" ] || rm -f "$policy"; die "apt-get could not install: ${missing[*]}"; }
   [ -z "$created" ] || rm -f "$policy"
+}
+
+# The console's browser tests drive Debian's chromium with playwright-core (no browser download), pinned in package-lock.json.
+ensure_console_test_tools() {
+  if ! command -v npm >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || die "npm is missing; install it (apt-get install npm) to run the console's browser tests"
+    say "Installing Debian package: npm"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null || die "apt-get could not install npm"
+  fi
+  say "Installing the console tests' npm packages (playwright-core, from package-lock.json)"
+  npm ci --prefix tests/Ferry.ConsoleTests --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed in tests/Ferry.ConsoleTests"
 }
 
 ensure_dotnet() {

@@ -186,7 +186,7 @@ public static partial class ConsoleEndpoints
           {Token(http, antiforgery)}
           <label for="name">Operator</label><input id="name" name="name" autocomplete="username" required>
           <label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>
-          <label for="code">Code from your authenticator app</label><input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" required>
+          <label for="code">Code from your authenticator app</label><input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required>
           <button type="submit">Sign in</button>
         </form>
         """, status);
@@ -205,7 +205,7 @@ public static partial class ConsoleEndpoints
             <!doctype html>
             <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
             <title>{{WebUtility.HtmlEncode(title)}}</title>
-            <link rel="stylesheet" href="/console/assets/console.css"></head>
+            <link rel="icon" href="data:,"><link rel="stylesheet" href="/console/assets/console.css"></head>
             <body class="narrow"><main><h1>{{WebUtility.HtmlEncode(title)}}</h1>
             {{body}}
             </main></body></html>

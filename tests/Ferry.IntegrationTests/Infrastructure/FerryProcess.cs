@@ -262,6 +262,14 @@ public static class ExternalProcess
         {
             info.ArgumentList.Add(arg);
         }
+        return await CaptureAsync(info, timeout, ct);
+    }
+
+    /// <summary>Runs <paramref name="info"/> (its folder and environment as set) like <see cref="CaptureAsync(string, string[], TimeSpan, CancellationToken)"/>.</summary>
+    public static async Task<CommandResult> CaptureAsync(ProcessStartInfo info, TimeSpan timeout, CancellationToken ct)
+    {
+        info.RedirectStandardOutput = info.RedirectStandardError = info.RedirectStandardInput = true;
+        info.UseShellExecute = false;
         using var process = Process.Start(info)!;
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync(ct);
@@ -275,7 +283,7 @@ public static class ExternalProcess
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
             process.Kill(entireProcessTree: true);
-            throw new Xunit.Sdk.XunitException($"{file} {string.Join(' ', args)} did not finish within {timeout.TotalSeconds:0} s");
+            throw new Xunit.Sdk.XunitException($"{info.FileName} {string.Join(' ', info.ArgumentList)} did not finish within {timeout.TotalSeconds:0} s");
         }
         return new CommandResult(process.ExitCode, await stdout, await stderr);
     }
