@@ -52,6 +52,7 @@ public static partial class AdminEndpoints
             return (await store.ListResourcesAsync(net?.Id, ct)).Select(r => ToView(r) with { Warning = disagreements.GetValueOrDefault(r.Id)?.Summary });
         });
         api.MapPost("/resources", AddResourceAsync);
+        api.MapPatch("/resources/{resource}", UpdateResourceAsync);
         api.MapDelete("/resources/{resource}", RemoveResourceAsync);
 
         api.MapGet("/operators", async (ControllerStore store, CancellationToken ct) => (await store.ListOperatorsAsync(ct)).Select(ToView));
@@ -60,6 +61,7 @@ public static partial class AdminEndpoints
 
         api.MapGet("/users", ListUsersAsync);
         api.MapPost("/users", CreateUserAsync);
+        api.MapPatch("/users/{user}", SetUserPasswordAsync);
         api.MapDelete("/users/{user}", RemoveUserAsync);
 
         api.MapGet("/groups", ListGroupsAsync);
@@ -284,16 +286,8 @@ public static partial class AdminEndpoints
             throw ApiException.BadRequest("network is required: name the remote network the resource is in");
         }
         var network = await RequireNetworkAsync(store, request.Network, ct);
-        if (!ResourceAddress.TryParse(request.Address, out var address, out var error))
-        {
-            throw ApiException.BadRequest(error);
-        }
-        if (address.IsPublic && network.IsExit == 0)
-        {
-            throw ApiException.BadRequest($"{address.Canonical} is a public address, and network '{network.Name}' is not an exit network: " +
-                "give the private address the connector reaches, or put the resource in an exit network ('ferry admin network create NAME --exit')");
-        }
-        if (!PortSet.TryParse(request.Tcp, out var tcp, out error) || !PortSet.TryParse(request.Udp, out var udp, out error))
+        var address = ValidAddress(request.Address, network);
+        if (!PortSet.TryParse(request.Tcp, out var tcp, out var error) || !PortSet.TryParse(request.Udp, out var udp, out error))
         {
             throw ApiException.BadRequest(error);
         }
@@ -305,10 +299,7 @@ public static partial class AdminEndpoints
         {
             tcp = PortSet.None;
         }
-        if (tcp.IsNone && udp.IsNone)
-        {
-            throw ApiException.BadRequest("a resource must allow at least one protocol: give TCP or UDP ports, or neither for all");
-        }
+        RequireSomeProtocol(tcp, udp);
         var name = request.Name is { Length: > 0 } ? RequireName(request.Name, "resource") : address.Canonical.Replace("*", "wildcard", StringComparison.Ordinal).Replace('/', '_').Replace(':', '_');
         if (await store.FindResourceAsync(name, ct) is not null)
         {
@@ -330,6 +321,65 @@ public static partial class AdminEndpoints
         await AuditAsync(http, store, time, "resource.add", $"{name} ({row.Address}) in {network.Name}", ct);
         sessions.NotifyPolicyChanged();
         return Results.Created($"/api/v1/resources/{row.Id}", ToView(row));
+    }
+
+    /// <summary>Changes a resource in place (name, address, ports); connectors and clients get the new table at once.</summary>
+    private static async Task<IResult> UpdateResourceAsync(string resource, ResourceUpdateRequest request, ControllerStore store, SessionRegistry sessions, TimeProvider time, HttpContext http, CancellationToken ct)
+    {
+        var row = await store.FindResourceAsync(resource, ct) ?? throw ApiException.NotFound("resource", resource);
+        var network = (await store.FindNetworkAsync(row.NetworkId, ct))!;
+        if (request.Address is not null)
+        {
+            var address = ValidAddress(request.Address, network);
+            row.Address = address.Canonical;
+            row.Kind = address.KindName;
+        }
+        PortSet? tcp = null, udp = null;
+        if ((request.Tcp is not null && !PortSet.TryParse(request.Tcp, out tcp, out var error)) || (request.Udp is not null && !PortSet.TryParse(request.Udp, out udp, out error)))
+        {
+            throw ApiException.BadRequest(error);
+        }
+        row.Tcp = (tcp ?? (PortSet.TryParse(row.Tcp, out var oldTcp, out _) ? oldTcp : PortSet.None)).ToString();
+        row.Udp = (udp ?? (PortSet.TryParse(row.Udp, out var oldUdp, out _) ? oldUdp : PortSet.None)).ToString();
+        PortSet.TryParse(row.Tcp, out var newTcp, out _);
+        PortSet.TryParse(row.Udp, out var newUdp, out _);
+        RequireSomeProtocol(newTcp!, newUdp!);
+        if (request.Name is { Length: > 0 } newName && newName != row.Name)
+        {
+            RequireName(newName, "resource");
+            if (await store.FindResourceAsync(newName, ct) is not null)
+            {
+                throw ApiException.Conflict($"a resource named '{newName}' exists already; pick another name");
+            }
+            row.Name = newName;
+        }
+        await UniqueAsync(() => store.UpdateResourceAsync(row, ct), $"a resource named '{row.Name}' exists already");
+        await AuditAsync(http, store, time, "resource.update", $"{row.Name} ({row.Address}, tcp {row.Tcp}, udp {row.Udp}) in {network.Name}", ct);
+        // Revocation reaches live flows: connectors re-check every flow against the new table.
+        sessions.NotifyPolicyChanged();
+        return Results.Ok(ToView(row));
+    }
+
+    private static ResourceAddress ValidAddress(string? text, NetworkRow network)
+    {
+        if (!ResourceAddress.TryParse(text, out var address, out var error))
+        {
+            throw ApiException.BadRequest(error);
+        }
+        if (address.IsPublic && network.IsExit == 0)
+        {
+            throw ApiException.BadRequest($"{address.Canonical} is a public address, and network '{network.Name}' is not an exit network: " +
+                "give the private address the connector reaches, or put the resource in an exit network ('ferry admin network create NAME --exit')");
+        }
+        return address;
+    }
+
+    private static void RequireSomeProtocol(PortSet tcp, PortSet udp)
+    {
+        if (tcp.IsNone && udp.IsNone)
+        {
+            throw ApiException.BadRequest("a resource must allow at least one protocol: give TCP or UDP ports, or neither for all");
+        }
     }
 
     private static async Task<IResult> RemoveResourceAsync(string resource, ControllerStore store, SessionRegistry sessions, TimeProvider time, HttpContext http, CancellationToken ct)
@@ -394,6 +444,19 @@ public static partial class AdminEndpoints
         await UniqueAsync(() => store.InsertUserAsync(row, ct), $"a user named '{name}' exists already");
         await AuditAsync(http, store, time, "user.create", name, ct);
         return Results.Created($"/api/v1/users/{row.Id}", new UserView(row.Id, row.Name, [], Time(row.CreatedAt)));
+    }
+
+    /// <summary>Sets a user's password (an operator resetting a forgotten one); devices already signed in stay signed in.</summary>
+    private static async Task<IResult> SetUserPasswordAsync(string user, UserUpdateRequest request, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
+    {
+        var row = await store.FindUserAsync(user, ct) ?? throw ApiException.NotFound("user", user);
+        if (string.IsNullOrEmpty(request.Password) || request.Password.Length < 8)
+        {
+            throw ApiException.BadRequest("password must be at least 8 characters");
+        }
+        await store.SetUserPasswordAsync(row.Id, PasswordHasher.Hash(request.Password), ct);
+        await AuditAsync(http, store, time, "user.set-password", row.Name, ct);
+        return Results.NoContent();
     }
 
     private static async Task<IResult> RemoveUserAsync(string user, ControllerStore store, SessionRegistry sessions, ControllerOptions options, TimeProvider time, HttpContext http, CancellationToken ct)

@@ -285,6 +285,12 @@ public sealed class ControllerStore(Database database)
         await c.ExecuteAsync("INSERT INTO resources (id, network_id, name, address, kind, tcp, udp, created_at) VALUES (@Id, @NetworkId, @Name, @Address, @Kind, @Tcp, @Udp, @CreatedAt)", row);
     }
 
+    public async Task UpdateResourceAsync(ResourceRow row, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync("UPDATE resources SET name = @Name, address = @Address, kind = @Kind, tcp = @Tcp, udp = @Udp WHERE id = @Id", row);
+    }
+
     public async Task<IReadOnlyList<ResourceRow>> ListResourcesAsync(string? networkId, CancellationToken ct)
     {
         await using var c = await OpenAsync(ct);
@@ -351,6 +357,12 @@ public sealed class ControllerStore(Database database)
     {
         await using var c = await OpenAsync(ct);
         await c.ExecuteAsync("INSERT INTO users (id, name, password_hash, created_at) VALUES (@Id, @Name, @PasswordHash, @CreatedAt)", row);
+    }
+
+    public async Task SetUserPasswordAsync(string id, string passwordHash, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync("UPDATE users SET password_hash = @passwordHash WHERE id = @id", new { id, passwordHash });
     }
 
     public async Task<IReadOnlyList<UserRow>> ListUsersAsync(CancellationToken ct)

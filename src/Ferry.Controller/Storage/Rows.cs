@@ -91,7 +91,6 @@ public sealed class ResourceRow
     public long CreatedAt { get; set; }
 }
 
-/// <summary>A user row.</summary>
 /// <summary>An operator of the admin console: password hash, TOTP secret (base32) and the last TOTP step used.</summary>
 public sealed class OperatorRow
 {
@@ -104,6 +103,7 @@ public sealed class OperatorRow
     public long? LastSignIn { get; set; }
 }
 
+/// <summary>A user row.</summary>
 public sealed class UserRow
 {
     public string Id { get; set; } = "";

@@ -77,6 +77,12 @@ public sealed record ResourceCreateRequest(string Network, string Address, strin
 /// </summary>
 public sealed record ResourceView(string Id, string Name, string Network, string Address, string Kind, string Tcp, string Udp, DateTimeOffset CreatedAt, string? Warning = null);
 
+/// <summary>Body of PATCH /api/v1/resources/{resource}: what to change; a null field stays as it is.</summary>
+public sealed record ResourceUpdateRequest(string? Name = null, string? Address = null, string? Tcp = null, string? Udp = null);
+
+/// <summary>Body of PATCH /api/v1/users/{user}: a new password.</summary>
+public sealed record UserUpdateRequest(string Password);
+
 /// <summary>Body of POST /api/v1/operators: an operator of the admin console.</summary>
 public sealed record OperatorCreateRequest(string Name, string Password);
 

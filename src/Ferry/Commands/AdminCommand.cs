@@ -187,6 +187,14 @@ internal static class AdminCommand
             var all = await c.GetAsync<ResourceView[]>("/api/v1/resources" + (p.GetValue(listNetwork) is { } n ? $"?network={Esc(n)}" : ""), ct);
             return Emit(p, all, () => PrintResources(all));
         }));
+        var setName = new Argument<string>("resource") { Description = "Resource name or id" };
+        var newName = new Option<string?>("--name") { Description = "New name" };
+        var newAddress = new Option<string?>("--address") { Description = "New address: DNS name, *.wildcard name, IP address or CIDR" };
+        group.Subcommands.Add(Action(new Command("set", "Change a resource: its name, address or ports (others stay as they are); live flows no longer allowed are closed.") { setName, newName, newAddress, tcp, udp }, async (p, c, ct) =>
+        {
+            var r = await c.PatchAsync<ResourceView>($"/api/v1/resources/{Esc(p.GetValue(setName))}", new ResourceUpdateRequest(p.GetValue(newName), p.GetValue(newAddress), p.GetValue(tcp), p.GetValue(udp)), ct);
+            return Emit(p, r, () => PrintResources([r]));
+        }));
         var removeName = new Argument<string>("resource") { Description = "Resource name or id" };
         group.Subcommands.Add(Action(new Command("remove", "Remove a resource and the policies granting it.") { removeName }, async (p, c, ct) =>
         {
@@ -255,6 +263,14 @@ internal static class AdminCommand
         {
             var all = await c.GetAsync<UserView[]>("/api/v1/users", ct);
             return Emit(p, all, () => PrintUsers(all));
+        }));
+        var setName = new Argument<string>("user") { Description = "User name or id" };
+        group.Subcommands.Add(Action(new Command("set-password", "Set a user's password (signed-in devices stay signed in).") { setName, passwordFile }, async (p, c, ct) =>
+        {
+            var password = p.GetValue(passwordFile) is { } f ? File.ReadAllText(f).Trim() : Env.Get("FERRY_PASSWORD")
+                ?? throw new CliException("give the password with --password-file or FERRY_PASSWORD", 2);
+            await c.SendAsync<JsonElement?>(HttpMethod.Patch, $"/api/v1/users/{Esc(p.GetValue(setName))}", new UserUpdateRequest(password), ct);
+            return Done(p, $"password of user '{p.GetValue(setName)}' set");
         }));
         var removeName = new Argument<string>("user") { Description = "User name or id" };
         group.Subcommands.Add(Action(new Command("remove", "Remove a user, its memberships and devices.") { removeName }, async (p, c, ct) =>
