@@ -170,6 +170,18 @@ test('an operator signs in, provisions a connector, watches it come online, gran
   await resourceForm.getByRole('button').click();
   await page.getByTestId('resources-table').getByText('db.corp.internal').waitFor();
 
+  // Edited in place: a bad value is refused next to its field, a good one shows in the table.
+  await page.getByRole('button', { name: 'Edit resource db' }).click();
+  const editForm = page.getByTestId('form-resource-edit');
+  const editTcp = editForm.getByLabel('TCP ports');
+  await editTcp.fill('70000');
+  await editForm.getByRole('button', { name: 'Save' }).click();
+  await page.waitForFunction((el) => el.getAttribute('aria-invalid') === 'true', await editTcp.elementHandle());
+  assert.match(await page.locator(`#${await editTcp.getAttribute('aria-describedby')}`).textContent(), /70000/);
+  await editTcp.fill('5432,6432');
+  await editForm.getByRole('button', { name: 'Save' }).click();
+  await page.getByTestId('resources-table').getByText('5432,6432').waitFor();
+
   // A group and a policy granting the resource to it.
   await page.getByTestId('nav-users').click();
   const groupForm = page.getByTestId('form-group');
@@ -188,7 +200,7 @@ test('an operator signs in, provisions a connector, watches it come online, gran
   // Every change is in the audit log, by this operator.
   await page.getByTestId('nav-audit').click();
   const audit = page.getByTestId('audit-table');
-  for (const action of ['network.create', 'connector.provision', 'resource.add', 'group.create', 'policy.grant']) {
+  for (const action of ['network.create', 'connector.provision', 'resource.add', 'resource.update', 'group.create', 'policy.grant']) {
     await audit.locator(`[data-action="${action}"]`).first().waitFor();
   }
   assert.ok((await audit.textContent()).includes(`operator ${operator}`));

@@ -149,6 +149,8 @@
 
   const get = url => api('GET', url);
   const post = (url, body) => api('POST', url, body);
+  // PATCH changes only the fields its body names; a 204 answer (a password set) gives null.
+  const patch = (url, body) => api('PATCH', url, body);
   const del = url => api('DELETE', url);
   const seg = value => encodeURIComponent(value);
 
@@ -291,13 +293,14 @@
 
   /**
    * One labelled input with its error slot right after it; aria-describedby ties the two, so a screen reader reads the
-   * error with the field. keys: how API messages that quote no value start when they are about this field.
+   * error with the field. keys: how API messages that quote no value start when they are about this field; mentions:
+   * words anywhere in a message that tie it to this field (a checkbox holds no value a message could quote).
    */
-  function field({ id, label, name, type = 'text', placeholder = '', required = false, autocomplete = 'off', keys = '', select = false, hint = '' }) {
+  function field({ id, label, name, type = 'text', placeholder = '', required = false, autocomplete = 'off', keys = '', mentions = '', select = false, hint = '' }) {
     const err = `err-${id}`;
     const described = hint ? `${err} hint-${id}` : err;
     const attrs = `id="${esc(id)}" name="${esc(name)}" aria-describedby="${esc(described)}"` +
-      (required ? ' required' : '') + (keys ? ` data-keys="${esc(keys)}"` : '');
+      (required ? ' required' : '') + (keys ? ` data-keys="${esc(keys)}"` : '') + (mentions ? ` data-mentions="${esc(mentions)}"` : '');
     const hintHtml = hint ? `<small class="hint" id="hint-${esc(id)}">${esc(hint)}</small>` : '';
     const errHtml = `<span class="field-error" id="${esc(err)}"></span>`;
     if (type === 'checkbox') {
@@ -355,6 +358,9 @@
     const lower = detail.toLowerCase();
     const keyed = fields.find(f => (f.dataset.keys ?? '').split('|').some(k => k && lower.startsWith(k)));
     if (keyed) return keyed;
+    const mentioned = [...form.querySelectorAll('[data-mentions]')]
+      .find(f => f.dataset.mentions.split('|').some(k => k && lower.includes(k)));
+    if (mentioned) return mentioned;
     if (quoted.includes('')) {
       // "network name '' is not valid": the empty field whose name the message mentions, else the first empty one.
       const empty = fields.filter(f => f.value.trim() === '');
@@ -405,6 +411,78 @@
     } finally {
       button.disabled = false;
     }
+  }
+
+  // ---------------------------------------------------------------- edit forms
+
+  /**
+   * An edit form: like formHtml, but its heading is inside the form and names it (a form landmark "Edit resource db"),
+   * and Cancel sits next to Save. Views show it in an edit area outside every polled region, so a refresh never
+   * overwrites what is being typed.
+   */
+  function editFormHtml(testid, title, fields, submitLabel = 'Save') {
+    const id = `h-${testid}`;
+    return `<section class="card editor"><form data-testid="${esc(testid)}" aria-labelledby="${id}" novalidate>` +
+      `<h2 id="${id}">${esc(title)}</h2>${fields.join('')}` +
+      `<p class="error form-error" role="alert"></p>` +
+      `<div class="form-actions"><button type="submit">${esc(submitLabel)}</button>` +
+      `<button type="button" class="secondary" data-act="cancel">Cancel</button></div></form></section>`;
+  }
+
+  /**
+   * Shows an edit form in area and binds it: submit(values, form, editor) makes the change (refusals land next to their
+   * field, as in every form), Cancel or Escape closes it. editor.close() gives focus back through onClose (to the button
+   * that opened the form); close(false) does not, for a form replaced by another or whose object is gone.
+   */
+  function openEditor(area, html, submit, onClose) {
+    area.innerHTML = html;
+    const form = area.querySelector('form');
+    const editor = {
+      form,
+      open: true,
+      close(refocus = true) {
+        if (!editor.open) return;
+        editor.open = false;
+        if (area.contains(form)) area.replaceChildren();
+        if (refocus) onClose?.();
+      },
+    };
+    bindForm(form, values => submit(values, form, editor));
+    form.querySelector('button[data-act=cancel]').addEventListener('click', () => editor.close());
+    form.addEventListener('keydown', event => {
+      if (event.key === 'Escape') {
+        event.preventDefault();
+        editor.close();
+      }
+    });
+    return editor;
+  }
+
+  /** A refusal found before asking the API (an emptied name), shown like the API's own. */
+  function fieldError(input, message) {
+    const slot = document.getElementById(`err-${input.id}`);
+    if (slot) slot.textContent = message;
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+  }
+
+  /** A view's status line ("Password of alice set."): polite, and it stays until the next change replaces it. */
+  function statusLineHtml() {
+    return '<p class="status-line" role="status" data-testid="status"></p>';
+  }
+
+  function say(root, message) {
+    const line = root.querySelector('.status-line');
+    if (line) line.textContent = message;
+  }
+
+  /** The fields of a form whose value differs from what the object had: a PATCH body that leaves the rest alone. */
+  function changedFields(values, original) {
+    const body = {};
+    for (const [key, was] of Object.entries(original)) {
+      if (values[key] !== was) body[key] = values[key];
+    }
+    return body;
   }
 
   /** Copies a <pre>'s text; clipboards can be refused (plain http, permissions), which simply leaves the text to select. */
@@ -526,9 +604,11 @@
         <p class="meta" data-field="settings"></p>
         <div class="section-actions">
           <button type="button" data-act="provision" data-network="${esc(name)}">Provision connector</button>
+          <button type="button" class="secondary" data-act="edit-network" data-network="${esc(name)}" aria-label="Edit settings of network ${esc(name)}">Edit settings</button>
           <button type="button" class="secondary" data-act="delete-network" data-network="${esc(name)}">Remove network</button>
         </div>
       </div>
+      <div class="edit-area"></div>
       ${table(`connectors-${name}`, `Connectors of ${name}`, CONNECTOR_COLUMNS, ' aria-live="polite"')}
       ${table(`network-resources-${name}`, `Resources of ${name}`, NETWORK_RESOURCE_COLUMNS)}
     </section>`;
@@ -541,6 +621,7 @@
 
   function viewNetworks(root) {
     root.innerHTML = `${viewHead('Networks', 'Remote networks, the connectors that serve them and the resources in them.')}
+      ${statusLineHtml()}
       <div class="once-area"></div>
       <div class="forms">
         ${formHtml('form-network', 'New network', [
@@ -560,6 +641,40 @@
     const networkForm = root.querySelector('[data-testid=form-network]');
     const connectorForm = root.querySelector('[data-testid=form-connector]');
     bindOnceArea(once);
+    let known = new Map(); // name → network, as the last poll saw them: what a settings form starts from
+    let editor = null, editing = null;
+    const sectionOf = name => [...container.querySelectorAll(':scope > section.network')].find(s => s.dataset.network === name);
+    const editButton = name => sectionOf(name)?.querySelector('button[data-act=edit-network]');
+
+    // A network's settings form opens in its own section, under its buttons; one such form at a time on the page.
+    function editSettings(n) {
+      const area = sectionOf(n.name)?.querySelector('.edit-area');
+      if (!area) return;
+      editor?.close(false);
+      say(root, '');
+      notice('');
+      const original = { dnsServer: n.dnsServer ?? '', exit: n.exit };
+      editor = openEditor(area, editFormHtml('form-network-edit', `Edit network ${n.name}`, [
+        field({ id: 'nete-dns', label: 'DNS server', name: 'dnsServer', placeholder: '10.0.0.2 or 10.0.0.2:53', keys: 'dns', hint: 'Leave empty to use the DNS of the connector host.' }),
+        field({ id: 'nete-exit', label: 'Exit network', name: 'exit', type: 'checkbox', mentions: 'exit network|public resources', hint: 'May hold public addresses.' }),
+      ]), async (v, _form, self) => {
+        // Only what changed is sent: an emptied DNS server goes as "" (which clears it), an untouched one not at all.
+        const changes = changedFields(v, original);
+        if (Object.keys(changes).length === 0) {
+          self.close();
+          say(root, `Nothing changed in network ${n.name}.`);
+          return;
+        }
+        await patch(`/api/v1/networks/${seg(n.name)}`, changes);
+        self.close();
+        say(root, `Network ${n.name} saved.`);
+        poller.now();
+      }, () => { editing = null; editButton(n.name)?.focus(); });
+      editing = n.name;
+      editor.form.elements.dnsServer.value = original.dnsServer;
+      editor.form.elements.exit.checked = original.exit;
+      editor.form.elements.dnsServer.focus();
+    }
 
     bindForm(networkForm, async v => {
       await post('/api/v1/networks', { name: v.name, dnsServer: v.dnsServer || null, exit: v.exit });
@@ -586,9 +701,16 @@
         select.value = network;
         connectorForm.scrollIntoView({ block: 'center' });
         connectorForm.elements.name.focus();
+      } else if (button.dataset.act === 'edit-network') {
+        const n = known.get(network);
+        if (n) editSettings(n);
       } else if (button.dataset.act === 'delete-network') {
         act(button, async () => {
           await del(`/api/v1/networks/${seg(network)}`);
+          if (editing === network) {
+            editor?.close(false);
+            editing = null;
+          }
           poller.now();
         });
       }
@@ -599,6 +721,7 @@
       const [networks, connectors, resources] = await Promise.all([
         get('/api/v1/networks'), get('/api/v1/connectors'), get('/api/v1/resources'),
       ]);
+      known = new Map(networks.map(n => [n.name, n]));
       fillSelect(connectorForm.elements.network, networks.map(n => ({ value: n.name })), 'Create a network first');
       renderNetworkSections(container, networks, connectors, resources);
     });
@@ -831,6 +954,7 @@
 
   function viewResources(root) {
     root.innerHTML = `${viewHead('Resources', 'What clients may reach through a network\'s connectors: a DNS name, a wildcard, an IP address or a CIDR, and its ports.')}
+      ${statusLineHtml()}
       <div class="forms">
         ${formHtml('form-resource', 'Add resource', [
           field({ id: 'res-network', label: 'Network', name: 'network', select: true, keys: 'network is required' }),
@@ -840,22 +964,78 @@
           field({ id: 'res-udp', label: 'UDP ports', name: 'udp', placeholder: 'all, none, 53' }),
         ], 'Add resource')}
       </div>
+      <div class="edit-area"></div>
       ${table('resources-table', 'Resources', ['Name', 'Network', 'Address', 'Kind', 'TCP', 'UDP', 'Warning', 'Created', ''])}`;
     const form = root.querySelector('[data-testid=form-resource]');
+    const editArea = root.querySelector('.edit-area');
     const body = root.querySelector('tbody');
+    let known = new Map(); // id → resource, as the last poll saw them: what an edit form starts from
+    let editor = null, editing = null;
+    const editButton = id => body.querySelector(`button[data-act=edit][data-id="${CSS.escape(id)}"]`);
     bindForm(form, async v => {
       // Empty port fields are left out: the API then allows all ports, or only the other protocol when one is given.
       await post('/api/v1/resources', { network: v.network, address: v.address, name: v.name || null, tcp: v.tcp || null, udp: v.udp || null });
       form.reset();
       poller.now();
     });
+
+    // One edit form at a time, above the table: the rows below keep refreshing, the form keeps what is typed in it.
+    function edit(r) {
+      editor?.close(false);
+      say(root, '');
+      notice('');
+      const original = { name: r.name, address: r.address, tcp: r.tcp, udp: r.udp };
+      editor = openEditor(editArea, editFormHtml('form-resource-edit', `Edit resource ${r.name}`, [
+        field({ id: 'rese-name', label: 'Name', name: 'name', required: true }),
+        field({ id: 'rese-address', label: 'Address', name: 'address', placeholder: 'db.internal, *.corp.internal, 10.0.0.0/24', keys: 'address' }),
+        field({ id: 'rese-tcp', label: 'TCP ports', name: 'tcp', placeholder: 'all, none, 22,8000-8100', keys: 'a resource must allow' }),
+        field({ id: 'rese-udp', label: 'UDP ports', name: 'udp', placeholder: 'all, none, 53' }),
+      ]), async (v, editForm, self) => {
+        if (v.name === '') {
+          fieldError(editForm.elements.name, 'a resource needs a name');
+          return;
+        }
+        const changes = changedFields(v, original);
+        if (Object.keys(changes).length === 0) {
+          self.close();
+          say(root, `Nothing changed in resource ${r.name}.`);
+          return;
+        }
+        // Refused: the form stays open with the message next to its field. Saved: it closes and the table catches up.
+        const saved = await patch(`/api/v1/resources/${seg(r.id)}`, changes);
+        self.close(false);
+        editing = null;
+        say(root, `Resource ${saved?.name ?? r.name} saved.`);
+        await poller.now();
+        // After the refresh: a renamed row's buttons were drawn anew with the new name.
+        editButton(r.id)?.focus();
+      }, () => { editing = null; editButton(r.id)?.focus(); });
+      editing = r.id;
+      for (const [name, value] of Object.entries(original)) editor.form.elements[name].value = value;
+      editor.form.elements.name.focus();
+    }
+
     body.addEventListener('click', event => {
-      const button = event.target.closest('button[data-act=remove]');
+      const button = event.target.closest('button[data-act]');
       if (!button) return;
-      act(button, async () => { await del(`/api/v1/resources/${seg(button.dataset.id)}`); poller.now(); });
+      const id = button.dataset.id;
+      if (button.dataset.act === 'edit') {
+        const r = known.get(id);
+        if (r) edit(r);
+      } else if (button.dataset.act === 'remove') {
+        act(button, async () => {
+          await del(`/api/v1/resources/${seg(id)}`);
+          if (editing === id) {
+            editor?.close(false);
+            editing = null;
+          }
+          poller.now();
+        });
+      }
     });
     const poller = startPolling(async () => {
       const [networks, resources] = await Promise.all([get('/api/v1/networks'), get('/api/v1/resources')]);
+      known = new Map(resources.map(r => [r.id, r]));
       fillSelect(form.elements.network, networks.map(n => ({ value: n.name })), 'Create a network first');
       syncRows(body, resources, r => r.id, r => [
         { html: esc(r.name), field: 'name' },
@@ -866,7 +1046,11 @@
         { html: esc(r.udp), field: 'udp' },
         { html: warningHtml(r.warning), field: 'warning' },
         { html: when(r.createdAt), field: 'created' },
-        { html: `<button type="button" class="secondary" data-act="remove" data-id="${esc(r.id)}" aria-label="Remove resource ${esc(r.name)}">Remove</button>`, field: 'actions' },
+        {
+          html: `<button type="button" class="secondary" data-act="edit" data-id="${esc(r.id)}" aria-label="Edit resource ${esc(r.name)}">Edit</button> ` +
+            `<button type="button" class="secondary" data-act="remove" data-id="${esc(r.id)}" aria-label="Remove resource ${esc(r.name)}">Remove</button>`,
+          field: 'actions',
+        },
       ], r => ({ 'data-resource': r.name, class: r.warning ? 'has-warning' : '' }), 'No resources yet.');
     });
     return poller;
@@ -943,6 +1127,7 @@
 
   function viewUsers(root) {
     root.innerHTML = `${viewHead('Users & groups', 'Users sign in with a client; policies grant resources to the groups they are in.')}
+      ${statusLineHtml()}
       <div class="forms">
         ${formHtml('form-user', 'New user', [
           field({ id: 'user-name', label: 'Name', name: 'name', required: true }),
@@ -952,11 +1137,35 @@
           field({ id: 'group-name', label: 'Name', name: 'name', required: true }),
         ], 'Create group')}
       </div>
+      <div class="edit-area"></div>
       ${table('users-table', 'Users', ['Name', 'Groups', 'Created', ''])}
       ${table('groups-table', 'Groups', ['Name', 'Members', 'Add member', 'Created', ''])}`;
     const userForm = root.querySelector('[data-testid=form-user]');
     const groupForm = root.querySelector('[data-testid=form-group]');
     const [userBody, groupBody] = root.querySelectorAll('tbody');
+    const editArea = root.querySelector('.edit-area');
+    let editor = null, editing = null;
+    const passwordButton = user => userBody.querySelector(`button[data-act=set-password][data-user="${CSS.escape(user)}"]`);
+
+    // "Set password" (a forgotten password reset by an operator): one form above the users table.
+    function setPassword(user) {
+      editor?.close(false);
+      say(root, '');
+      notice('');
+      editor = openEditor(editArea, editFormHtml('form-user-password', `Set password of ${user}`, [
+        // The account the password is for, for password managers (hidden, and not sent).
+        `<input type="text" autocomplete="username" value="${esc(user)}" hidden readonly>`,
+        field({ id: 'userpw-password', label: 'New password', name: 'password', type: 'password', autocomplete: 'new-password', required: true, keys: 'password', hint: 'At least 8 characters.' }),
+      ]), async (_values, form, self) => {
+        // As typed: a password is not trimmed (the form values are).
+        await patch(`/api/v1/users/${seg(user)}`, { password: form.elements.password.value });
+        self.close();
+        say(root, `Password of ${user} set.`);
+      }, () => { editing = null; passwordButton(user)?.focus(); });
+      editing = user;
+      editor.form.elements.password.focus();
+    }
+
     bindForm(userForm, async v => {
       await post('/api/v1/users', { name: v.name, password: v.password });
       userForm.reset();
@@ -971,8 +1180,18 @@
       const button = event.target.closest('tbody button[data-act]');
       if (!button) return;
       const { act: action, group, user } = button.dataset;
+      if (action === 'set-password') {
+        setPassword(user);
+        return;
+      }
       act(button, async () => {
-        if (action === 'remove-user') await del(`/api/v1/users/${seg(user)}`);
+        if (action === 'remove-user') {
+          await del(`/api/v1/users/${seg(user)}`);
+          if (editing === user) {
+            editor?.close(false);
+            editing = null;
+          }
+        }
         if (action === 'delete-group') await del(`/api/v1/groups/${seg(group)}`);
         if (action === 'remove-member') await del(`/api/v1/groups/${seg(group)}/members/${seg(user)}`);
         if (action === 'add-member') {
@@ -988,7 +1207,11 @@
         { html: esc(u.name), field: 'name' },
         { html: list(u.groups), field: 'groups' },
         { html: when(u.createdAt), field: 'created' },
-        { html: `<button type="button" class="secondary" data-act="remove-user" data-user="${esc(u.name)}" aria-label="Remove user ${esc(u.name)}">Remove</button>`, field: 'actions' },
+        {
+          html: `<button type="button" class="secondary" data-act="set-password" data-user="${esc(u.name)}" aria-label="Set password of ${esc(u.name)}">Set password</button> ` +
+            `<button type="button" class="secondary" data-act="remove-user" data-user="${esc(u.name)}" aria-label="Remove user ${esc(u.name)}">Remove</button>`,
+          field: 'actions',
+        },
       ], u => ({ 'data-user': u.name }), 'No users yet.');
       syncRows(groupBody, groups, g => g.id, g => [
         { html: esc(g.name), field: 'name' },
