@@ -397,10 +397,7 @@ public static partial class AdminEndpoints
     private static async Task<IResult> CreateOperatorAsync(OperatorCreateRequest request, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
     {
         var name = RequireName(request.Name, "operator");
-        if (string.IsNullOrEmpty(request.Password) || request.Password.Length < 12)
-        {
-            throw ApiException.BadRequest("an operator's password must be at least 12 characters");
-        }
+        RequirePassword(request.Password, 12, "an operator's password");
         if (await store.FindOperatorAsync(name, ct) is not null)
         {
             throw ApiException.Conflict($"an operator named '{name}' exists already");
@@ -432,10 +429,7 @@ public static partial class AdminEndpoints
     private static async Task<IResult> CreateUserAsync(UserCreateRequest request, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
     {
         var name = RequireName(request.Name, "user");
-        if (string.IsNullOrEmpty(request.Password) || request.Password.Length < 8)
-        {
-            throw ApiException.BadRequest("password must be at least 8 characters");
-        }
+        RequirePassword(request.Password, 8, "password");
         if (await store.FindUserAsync(name, ct) is not null)
         {
             throw ApiException.Conflict($"a user named '{name}' exists already");
@@ -450,10 +444,7 @@ public static partial class AdminEndpoints
     private static async Task<IResult> SetUserPasswordAsync(string user, UserUpdateRequest request, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
     {
         var row = await store.FindUserAsync(user, ct) ?? throw ApiException.NotFound("user", user);
-        if (string.IsNullOrEmpty(request.Password) || request.Password.Length < 8)
-        {
-            throw ApiException.BadRequest("password must be at least 8 characters");
-        }
+        RequirePassword(request.Password, 8, "password");
         await store.SetUserPasswordAsync(row.Id, PasswordHasher.Hash(request.Password), ct);
         await AuditAsync(http, store, time, "user.set-password", row.Name, ct);
         return Results.NoContent();
@@ -628,6 +619,14 @@ public static partial class AdminEndpoints
             throw ApiException.BadRequest($"{what} name '{name}' is not valid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit");
         }
         return name;
+    }
+
+    private static void RequirePassword(string? password, int minimum, string what)
+    {
+        if (string.IsNullOrEmpty(password) || password.Length < minimum)
+        {
+            throw ApiException.BadRequest($"{what} must be at least {minimum} characters");
+        }
     }
 
     internal static string? ValidateLocation(string? location)
