@@ -263,8 +263,29 @@ public static partial class AdminEndpoints
             ExecStart=/usr/local/bin/{plain}
             Restart=always
             RestartSec=2
-            StateDirectory=ferry
+            # Its own throw-away user, owning only /var/lib/ferry (where the tokens rotate); the rest of the system read-only.
             DynamicUser=yes
+            StateDirectory=ferry
+            UMask=0077
+            NoNewPrivileges=yes
+            ProtectSystem=strict
+            ProtectHome=yes
+            PrivateTmp=yes
+            PrivateDevices=yes
+            ProtectKernelTunables=yes
+            ProtectKernelModules=yes
+            ProtectKernelLogs=yes
+            ProtectControlGroups=yes
+            ProtectClock=yes
+            ProtectHostname=yes
+            # Netlink: the data plane watches interface addresses to notice network changes.
+            RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK
+            RestrictNamespaces=yes
+            RestrictRealtime=yes
+            RestrictSUIDSGID=yes
+            LockPersonality=yes
+            SystemCallArchitectures=native
+            CapabilityBoundingSet=
 
             [Install]
             WantedBy=multi-user.target
