@@ -148,13 +148,20 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
         {
             var stats = connection.GetStatistics();
             var limit = Unresponsive + (stats.SmoothedRtt * 3) + (stats.RttVariance * 4);
+            string? giveUp = null;
             if (System.Diagnostics.Stopwatch.GetElapsedTime(asked) > limit && connection.SinceLastReceived > limit)
             {
-                throw new TimeoutException($"the connector acknowledged nothing for {connection.SinceLastReceived.TotalSeconds:0.0} s");
+                giveUp = $"the connector acknowledged nothing for {connection.SinceLastReceived.TotalSeconds:0.0} s";
             }
-            if (gone())
+            else if (gone())
             {
-                throw new TimeoutException("the controller reports the connector offline, and it has not answered");
+                giveUp = "the controller reports the connector offline, and it has not answered";
+            }
+            if (giveUp is not null)
+            {
+                // The abandoned answer ends when its stream or connection does; its failure then is expected, not news.
+                _ = answer.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                throw new TimeoutException(giveUp);
             }
             if (await Task.WhenAny(answer, Task.Delay(50, ct)) == answer)
             {
