@@ -13,7 +13,7 @@ namespace Ferry.IntegrationTests;
 /// </summary>
 public sealed class ConsoleBrowserTests
 {
-    private static readonly string ConsoleTests = Path.Combine(RepositoryRoot(), "tests", "Ferry.ConsoleTests");
+    private static readonly string ConsoleTests = Path.Combine(Repository.Root, "tests", "Ferry.ConsoleTests");
 
     [Fact]
     public async Task An_operator_runs_ferry_from_the_console_in_a_browser()
@@ -41,7 +41,7 @@ public sealed class ConsoleBrowserTests
             info.Environment["FERRY_TOTP_SECRET"] = secret;
             info.Environment["FERRY_BINARY"] = FerryProcess.BinaryPath;
             info.Environment["FERRY_WORKDIR"] = work;
-            info.Environment["FERRY_SCREENSHOTS"] = Path.Combine(RepositoryRoot(), "artifacts", "console-screenshots");
+            info.Environment["FERRY_SCREENSHOTS"] = Path.Combine(Repository.Root, "artifacts", "console-screenshots");
             var result = await ExternalProcess.CaptureAsync(info, TimeSpan.FromMinutes(5), TestContext.Current.CancellationToken);
             TestContext.Current.TestOutputHelper?.WriteLine(result.Stdout);
             Assert.True(result.ExitCode == 0, $"the browser tests failed:\n{result}\n--- controller:\n{controller.Process.Output}");
@@ -50,17 +50,5 @@ public sealed class ConsoleBrowserTests
         {
             Directory.Delete(work, recursive: true);
         }
-    }
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Ferry.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-        throw new InvalidOperationException("Ferry.slnx not found above the test binaries");
     }
 }

@@ -39,7 +39,7 @@ public sealed partial class DeployInstructionsTests
     public async Task The_systemd_units_in_deploy_pass_systemd_analyze_and_are_sandboxed()
     {
         Assert.SkipUnless(File.Exists("/usr/bin/systemd-analyze"), "systemd-analyze is not installed (Debian package systemd)");
-        var units = Directory.GetFiles(Path.Combine(RepositoryRoot(), "deploy", "systemd"), "*.service");
+        var units = Directory.GetFiles(Path.Combine(Repository.Root, "deploy", "systemd"), "*.service");
         Assert.Equal(["ferry-client@.service", "ferry-connector@.service", "ferry-controller.service", "ferry-relay@.service"], units.Select(Path.GetFileName).Order(StringComparer.Ordinal));
         var folder = Directory.CreateTempSubdirectory("ferry-units-").FullName;
         try
@@ -71,18 +71,6 @@ public sealed partial class DeployInstructionsTests
         TestContext.Current.TestOutputHelper?.WriteLine($"{name}: exposure {level}");
         // systemd calls below 4.0 "OK"; an unsandboxed service scores 9.6 ("UNSAFE").
         Assert.True(level < 4.0, $"{name} must be sandboxed (exposure below 4.0), got {level}:\n{security.Stdout}");
-    }
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Ferry.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-        throw new InvalidOperationException("Ferry.slnx not found above the test binaries");
     }
 
     [GeneratedRegex(@"Overall exposure level for \S+: (\d+(?:\.\d+)?)")]

@@ -27,6 +27,8 @@ public sealed class ConnectorSelector(string clientIdentity, GeoLocation? locati
 
     private readonly Lock _gate = new();
     private Dictionary<string, ConnectorRoute[]> _online = new(StringComparer.Ordinal);
+    // The ranking depends only on the list, so it is worked out once per list, not on every flow.
+    private Dictionary<string, string[]> _ranked = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _current = new(StringComparer.Ordinal);
     private readonly Dictionary<string, DateTimeOffset> _failedAt = new(StringComparer.Ordinal);
 
@@ -38,9 +40,11 @@ public sealed class ConnectorSelector(string clientIdentity, GeoLocation? locati
     {
         ArgumentNullException.ThrowIfNull(networks);
         var online = networks.ToDictionary(n => n.Network, n => n.Connectors ?? [], StringComparer.Ordinal);
+        var ranked = online.ToDictionary(n => n.Key, n => Rank(n.Value).ToArray(), StringComparer.Ordinal);
         lock (_gate)
         {
             _online = online;
+            _ranked = ranked;
         }
     }
 
@@ -61,7 +65,7 @@ public sealed class ConnectorSelector(string clientIdentity, GeoLocation? locati
             {
                 order.Add(current);
             }
-            order.AddRange(Rank(listed.Where(c => !IsHeldBack(c.Identity, now))).Where(c => !order.Contains(c)));
+            order.AddRange((_ranked.GetValueOrDefault(network) ?? []).Where(c => !IsHeldBack(c, now) && !order.Contains(c)));
             order.AddRange(listed.Where(c => IsHeldBack(c.Identity, now)).OrderBy(c => _failedAt[c.Identity]).Select(c => c.Identity));
             order.AddRange(held.Where(h => !order.Contains(h)));
             return order;

@@ -250,30 +250,14 @@ public sealed class SessionHandler(
         {
             await IssueCertificateAsync(socket, identity, hello.CsrPem, ct, owner);
         }
-        string? lastSent = null;
-        var pushLock = new SemaphoreSlim(1, 1);
-        async Task PushResourcesAsync()
+        var pushResources = WhenChanged(socket, async () =>
         {
-            await pushLock.WaitAsync(ct);
-            try
-            {
-                var grants = await policy.GrantsForAsync(device.OwnerKind, device.OwnerId, ct);
-                var message = new ResourcesMessage(grants, await connectors.OnlineAsync(grants.Select(g => g.Network), ct));
-                var text = SessionMessage.Serialize(message);
-                if (text != lastSent)
-                {
-                    await socket.SendAsync(message, ct);
-                    lastSent = text;
-                }
-            }
-            finally
-            {
-                pushLock.Release();
-            }
-        }
-        await PushResourcesAsync();
-        registry.AddPolicyListener(sessionId, PushResourcesAsync);
-        registry.AddConnectorListener(sessionId, PushResourcesAsync);
+            var grants = await policy.GrantsForAsync(device.OwnerKind, device.OwnerId, ct);
+            return new ResourcesMessage(grants, await connectors.OnlineAsync(grants.Select(g => g.Network), ct));
+        }, ct);
+        await pushResources();
+        registry.AddPolicyListener(sessionId, pushResources);
+        registry.AddConnectorListener(sessionId, pushResources);
         await PushRelaysAsync(socket, sessionId, ct);
         Log.ClientOnline(logger, identity.ToString(), $"{device.OwnerKind} {device.OwnerId}", from);
         var reason = "session closed by the client";
@@ -365,46 +349,38 @@ public sealed class SessionHandler(
     /// <summary>Sends the connector its network's access table now, and again whenever policy changes (which is how revocation reaches live flows).</summary>
     private async Task PushAccessAsync(SessionSocket socket, string sessionId, string networkId, CancellationToken ct)
     {
-        string? lastSent = null;
-        var gate = new SemaphoreSlim(1, 1);
-        async Task PushAsync()
-        {
-            await gate.WaitAsync(ct);
-            try
-            {
-                var access = await policy.AccessForNetworkAsync(networkId, ct);
-                var text = SessionMessage.Serialize(access);
-                if (text != lastSent)
-                {
-                    await socket.SendAsync(access, ct);
-                    lastSent = text;
-                }
-            }
-            finally
-            {
-                gate.Release();
-            }
-        }
+        var push = WhenChanged(socket, async () => await policy.AccessForNetworkAsync(networkId, ct), ct);
         // Policy changes fan out to every registered session; a connector recomputes its network's table.
-        registry.AddPolicyListener(sessionId, PushAsync);
-        await PushAsync();
+        registry.AddPolicyListener(sessionId, push);
+        await push();
     }
 
     /// <summary>Sends the current relay list now and registers the session for every later change.</summary>
     private async Task PushRelaysAsync(SessionSocket socket, string sessionId, CancellationToken ct)
     {
+        var push = WhenChanged(socket, async () => new RelaysMessage(await relays.OnlineAsync(ct)), ct);
+        registry.AddRelayListener(sessionId, push);
+        await push();
+    }
+
+    /// <summary>
+    /// A push that recomputes what a session depends on and sends it only when it differs from what was sent last; pushes of
+    /// one session run one at a time, so an older view never overtakes a newer one.
+    /// </summary>
+    private static Func<Task> WhenChanged(SessionSocket socket, Func<Task<SessionMessage>> compute, CancellationToken ct)
+    {
         string? lastSent = null;
         var gate = new SemaphoreSlim(1, 1);
-        async Task PushAsync()
+        return async () =>
         {
             await gate.WaitAsync(ct);
             try
             {
-                var list = await relays.OnlineAsync(ct);
-                var text = JsonSerializer.Serialize(list);
+                var message = await compute();
+                var text = SessionMessage.Serialize(message);
                 if (text != lastSent)
                 {
-                    await socket.SendAsync(new RelaysMessage(list), ct);
+                    await socket.SendAsync(message, ct);
                     lastSent = text;
                 }
             }
@@ -412,9 +388,7 @@ public sealed class SessionHandler(
             {
                 gate.Release();
             }
-        }
-        registry.AddRelayListener(sessionId, PushAsync);
-        await PushAsync();
+        };
     }
 
     /// <summary>Sends the first probe and waits for the hello that answers it.</summary>

@@ -36,10 +36,7 @@ public sealed class ClusterLab : IAsyncDisposable
     {
         var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite, controllerArgs);
         var dir = System.IO.Directory.CreateTempSubdirectory("ferry-cluster-").FullName;
-        var relayTokens = Path.Combine(dir, "relay.json");
-        await File.WriteAllTextAsync(relayTokens, await controller.AdminAsync("relay", "provision", "--name", "r1", "--json"), ct);
-        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
-        await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
+        var relay = await TestDeployment.StartRelayAsync(controller, dir, ct);
         var echo = new EchoServer(IPAddress.Loopback);
         await controller.AdminAsync("network", "create", "corp");
         await controller.AdminAsync("resource", "add", "127.0.0.1", "--network", "corp", "--name", "svc", "--tcp", echo.Port.ToString(System.Globalization.CultureInfo.InvariantCulture));

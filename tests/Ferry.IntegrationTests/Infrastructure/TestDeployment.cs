@@ -25,10 +25,7 @@ public sealed class TestDeployment : IAsyncDisposable
     public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct, string? udpPorts = null)
     {
         var dir = System.IO.Directory.CreateTempSubdirectory("ferry-dp-").FullName;
-        var relayTokens = Path.Combine(dir, "relay.json");
-        await File.WriteAllTextAsync(relayTokens, await controller.AdminAsync("relay", "provision", "--name", "r1", "--json"), ct);
-        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
-        await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
+        var relay = await StartRelayAsync(controller, dir, ct);
         await controller.AdminAsync("network", "create", "corp");
         await controller.AdminAsync(["resource", "add", address, "--network", "corp", "--name", "svc", "--tcp", tcpPorts, .. udpPorts is null ? Array.Empty<string>() : ["--udp", udpPorts]]);
         var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
@@ -36,6 +33,16 @@ public sealed class TestDeployment : IAsyncDisposable
         var connector = controller.StartConnector(await controller.ProvisionAsync("corp", "c1", dir));
         await controller.WaitForConnectorAsync("c1", v => v.State == "online" && v.Stun.Status == "ok", TimeSpan.FromSeconds(30), "online with STUN done");
         return new TestDeployment(relay, connector, account.GetProperty("key").GetString()!, dir);
+    }
+
+    /// <summary>Provisions relay "r1" and runs it on loopback until it accepts links.</summary>
+    public static async Task<FerryProcess> StartRelayAsync(ControllerInstance controller, string directory, CancellationToken ct)
+    {
+        var relayTokens = Path.Combine(directory, "relay.json");
+        await File.WriteAllTextAsync(relayTokens, await controller.AdminAsync("relay", "provision", "--name", "r1", "--json"), ct);
+        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+        await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
+        return relay;
     }
 
     public async ValueTask DisposeAsync()
