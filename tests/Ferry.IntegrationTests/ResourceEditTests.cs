@@ -32,6 +32,7 @@ public sealed class ResourceEditTests
             (["resource", "set", "pg", "--address", "203.0.113.7"], "203.0.113.7 is a public address, and network 'corp' is not an exit network"),
             (["resource", "set", "pg", "--tcp", "none", "--udp", "none"], "a resource must allow at least one protocol"),
             (["resource", "set", "ghost", "--tcp", "22"], "resource 'ghost' does not exist"),
+            (["resource", "set", "pg"], "nothing to change: give a new name, address, TCP ports or UDP ports"),
         ];
         foreach (var (args, expected) in refused)
         {

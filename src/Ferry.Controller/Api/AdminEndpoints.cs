@@ -348,6 +348,10 @@ public static partial class AdminEndpoints
     private static async Task<IResult> UpdateResourceAsync(string resource, ResourceUpdateRequest request, ControllerStore store, SessionRegistry sessions, TimeProvider time, HttpContext http, CancellationToken ct)
     {
         var row = await store.FindResourceAsync(resource, ct) ?? throw ApiException.NotFound("resource", resource);
+        if (request is { Name: null, Address: null, Tcp: null, Udp: null })
+        {
+            throw ApiException.BadRequest("nothing to change: give a new name, address, TCP ports or UDP ports");
+        }
         var network = (await store.FindNetworkAsync(row.NetworkId, ct))!;
         if (request.Address is not null)
         {
