@@ -51,7 +51,13 @@ internal sealed class TestPki : IDisposable
         var serial = new byte[12];
         RandomNumberGenerator.Fill(serial);
         serial[0] &= 0x7f;
-        using var signed = req.Create(issuer, DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(12), serial);
+        // An intermediate issued a moment earlier with the same 12 hours ends before "now + 12 h": never outlive the issuer.
+        var notAfter = DateTimeOffset.UtcNow.AddHours(12);
+        if (notAfter > issuer.NotAfter.ToUniversalTime())
+        {
+            notAfter = issuer.NotAfter.ToUniversalTime();
+        }
+        using var signed = req.Create(issuer, DateTimeOffset.UtcNow.AddMinutes(-5), notAfter, serial);
         return signed.CopyWithPrivateKey(key);
     }
 
