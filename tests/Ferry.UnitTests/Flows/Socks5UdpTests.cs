@@ -177,7 +177,7 @@ public sealed class Socks5UdpTests : FlowTestBase
     public async Task A_udp_forward_keeps_one_flow_per_source_and_closes_idle_ones()
     {
         await using var setup = await Setup.StartAsync(Token);
-        await using var forward = new UdpPortForward("127.0.0.1", setup.Echo.Port, setup.Routes, setup.Opener, new LoopbackProxyOptions { UdpIdleTimeout = TimeSpan.FromMilliseconds(500) });
+        await using var forward = new UdpPortForward("127.0.0.1", setup.Echo.Port, setup.Routes, setup.Opener, new LoopbackProxyOptions { UdpIdleTimeout = TimeSpan.FromMilliseconds(1500) });
         await forward.StartAsync(Token);
         Assert.Equal($"forward 127.0.0.1:{setup.Echo.Port}/udp", forward.Kind);
         using var a = UdpClient();
