@@ -52,4 +52,10 @@ internal static partial class Log
 
     [LoggerMessage(23, LogLevel.Warning, "Client sign-in refused for {Who}: {Reason}")]
     public static partial void LoginRefused(ILogger logger, string who, string reason);
+
+    [LoggerMessage(165, LogLevel.Information, "{Identity} is back through this replica; replica {Replica}, which held its session, is gone")]
+    public static partial void SessionTakenOver(ILogger logger, string identity, string replica);
+
+    [LoggerMessage(166, LogLevel.Warning, "{Identity} '{Name}' offline: replica {Replica}, which held its session, stopped answering")]
+    public static partial void SessionReaped(ILogger logger, string identity, string name, string replica);
 }

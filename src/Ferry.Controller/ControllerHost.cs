@@ -57,7 +57,7 @@ public static class ControllerHost
         var time = TimeProvider.System;
         using var ca = await DeploymentCertificateAuthority.LoadOrCreateAsync(store, time, ct);
         var (adminKey, adminKeyText) = await AdminKey.LoadOrCreateAsync(store, options.DataDirectory, ct);
-        using var tls = LoadOrCreateTlsCertificate(options, listen);
+        using var tls = await LoadOrCreateTlsCertificateAsync(options, listen, store, ct);
         var fingerprint = CertificateFingerprint.Of(tls);
 
         var builder = WebApplication.CreateSlimBuilder();
@@ -87,7 +87,11 @@ public static class ControllerHost
         builder.Services.AddSingleton(info);
         builder.Services.AddSingleton<TokenService>();
         builder.Services.AddSingleton<PolicyEvaluator>();
+        builder.Services.AddSingleton<ReplicaBus>(sp => database.Kind == DatabaseKind.Postgres
+            ? new PostgresReplicaBus(database, options.ReplicaId, sp.GetRequiredService<ILogger<PostgresReplicaBus>>())
+            : new ReplicaBus());
         builder.Services.AddSingleton<SessionRegistry>();
+        builder.Services.AddHostedService<StaleSessionReaper>();
         builder.Services.AddSingleton<SessionHandler>();
         builder.Services.AddSingleton<RelayDirectory>();
         builder.Services.AddSingleton<ConnectorDirectory>();
@@ -142,6 +146,7 @@ public static class ControllerHost
         app.MapDaemonApi();
         app.Map("/v1/session", (HttpContext context, SessionHandler handler) => handler.HandleAsync(context));
 
+        await StartReplicaBusAsync(app.Services.GetRequiredService<ReplicaBus>(), database, ct);
         await store.ReleaseSessionsOfReplicaAsync(options.ReplicaId, time.GetUtcNow().ToUnixTimeMilliseconds(), ct);
         await app.StartAsync(ct);
 
@@ -191,6 +196,49 @@ public static class ControllerHost
         }
         return address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
     }
+
+    /// <summary>On PostgreSQL, joins the other replicas (and takes the lock that proves this one alive) before serving anything.</summary>
+    private static async Task StartReplicaBusAsync(ReplicaBus bus, Database database, CancellationToken ct)
+    {
+        if (bus is not PostgresReplicaBus postgres)
+        {
+            return;
+        }
+        try
+        {
+            await postgres.StartAsync(ct);
+        }
+        catch (Exception e) when (e is System.Data.Common.DbException or System.Net.Sockets.SocketException or TimeoutException)
+        {
+            throw new ArgumentException($"cannot listen for the other controller replicas on {database.Description}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// The TLS certificate: the operator's files; else, on PostgreSQL, the one every replica shares through the database (daemons
+    /// pin one fingerprint, and must be able to move between replicas); else one generated into the data folder.
+    /// </summary>
+    private static async Task<X509Certificate2> LoadOrCreateTlsCertificateAsync(ControllerOptions options, IPEndPoint listen, ControllerStore store, CancellationToken ct)
+    {
+        if (store.Database.Kind != DatabaseKind.Postgres || options.TlsCertificatePath is not null || options.TlsKeyPath is not null)
+        {
+            return LoadOrCreateTlsCertificate(options, listen);
+        }
+        if (await store.GetSettingAsync(SharedTlsSetting, ct) is not { } shared)
+        {
+            using var local = LoadOrCreateTlsCertificate(options, listen);
+            using var key = local.GetECDsaPrivateKey();
+            var pair = JsonSerializer.Serialize(new SharedTls(local.ExportCertificatePem(), key!.ExportPkcs8PrivateKeyPem()));
+            // Of replicas starting at once, the first to store wins and all serve its certificate.
+            shared = await store.GetOrAddSettingAsync(SharedTlsSetting, pair, ct);
+        }
+        var stored = JsonSerializer.Deserialize<SharedTls>(shared)!;
+        return X509Certificate2.CreateFromPem(stored.Certificate, stored.Key);
+    }
+
+    private const string SharedTlsSetting = "tls.generated";
+
+    private sealed record SharedTls(string Certificate, string Key);
 
     private static X509Certificate2 LoadOrCreateTlsCertificate(ControllerOptions options, IPEndPoint listen)
     {

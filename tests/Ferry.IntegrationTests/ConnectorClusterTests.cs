@@ -321,7 +321,7 @@ public sealed class ConnectorClusterTests
     }
 
     /// <summary>Keeps the client's connection busy until its path is direct (bounded: 20 s); false when this host offers no address for one.</summary>
-    private static async Task<bool> WaitForDirectAsync(ClusterClient client, ClusterLab lab)
+    internal static async Task<bool> WaitForDirectAsync(ClusterClient client, ClusterLab lab)
     {
         var hasAddress = System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
             .Where(n => n.OperationalStatus == System.Net.NetworkInformation.OperationalStatus.Up && n.NetworkInterfaceType != System.Net.NetworkInformation.NetworkInterfaceType.Loopback)
@@ -339,7 +339,7 @@ public sealed class ConnectorClusterTests
         return true;
     }
 
-    private static async Task RetryAsync(Func<Task> flow, TimeSpan within, ClusterLab lab)
+    internal static async Task RetryAsync(Func<Task> flow, TimeSpan within, ClusterLab lab)
     {
         var clock = Stopwatch.StartNew();
         var failures = new List<string>();
@@ -360,7 +360,7 @@ public sealed class ConnectorClusterTests
         }
     }
 
-    private static async Task WaitForAsync(Func<Task<bool>> condition, TimeSpan timeout, string what, ClusterLab lab)
+    internal static async Task WaitForAsync(Func<Task<bool>> condition, TimeSpan timeout, string what, ClusterLab lab)
     {
         var deadline = DateTime.UtcNow + timeout;
         while (!await condition())

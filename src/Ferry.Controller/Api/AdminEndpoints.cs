@@ -244,6 +244,7 @@ public static partial class AdminEndpoints
             Events = [.. events.Select(e => new EventView(Time(e.At), e.Kind, e.Message))],
             Clients = online ? status?.Clients : null,
             Flows = online ? status?.Flows : null,
+            Replica = online ? row.SessionReplica : null,
             Resources = [.. (status?.Resources ?? []).Where(r => resourceNames.ContainsKey(r.ResourceId)).Select(r => new ResourceCheckView(resourceNames[r.ResourceId], r.Status, r.Detail))],
         };
     }

@@ -26,6 +26,7 @@ public sealed class SessionHandler(
     RelayDirectory relays,
     TicketService tickets,
     ConnectorDirectory connectors,
+    ReplicaBus replicas,
     ControllerOptions options,
     TimeProvider time,
     ILogger<SessionHandler> logger)
@@ -80,6 +81,12 @@ public sealed class SessionHandler(
         var sessionId = TokenFormat.NewId("ss_");
         var now = time.GetUtcNow();
         var holder = await store.TryClaimSessionAsync(daemon.Id, sessionId, options.ReplicaId, from, now.ToUnixTimeMilliseconds(), (now - (options.HeartbeatInterval * 3)).ToUnixTimeMilliseconds(), ct);
+        if (holder?.SessionReplica is { } holderReplica && holderReplica != options.ReplicaId && replicas.IsShared && !await replicas.IsAliveAsync(holderReplica, ct))
+        {
+            // The session was held by a replica that died: its daemon is back through this one, and need not wait for the claim to go stale.
+            Log.SessionTakenOver(logger, identity.ToString(), holderReplica);
+            holder = await store.TryClaimSessionAsync(daemon.Id, sessionId, options.ReplicaId, from, now.ToUnixTimeMilliseconds(), long.MaxValue, ct);
+        }
         if (holder is not null)
         {
             var message = $"{daemon.Kind} '{daemon.Name}' ({daemon.Id}) is already in use by another process {tokens.LiveSessionDescription(holder, now) ?? "right now"}; tokens are single-owner, so this process is refused and the running one keeps working";

@@ -2,9 +2,15 @@ using System.Collections.Concurrent;
 
 namespace Ferry.Controller.Sessions;
 
-/// <summary>The sessions this replica holds, so a policy or relay change can be pushed to each without a restart.</summary>
+/// <summary>
+/// The sessions this replica holds, so a policy or relay change can be pushed to each without a restart; through the
+/// <see cref="ReplicaBus"/>, changes and messages also reach the sessions other replicas hold.
+/// </summary>
 public sealed class SessionRegistry
 {
+    private readonly ReplicaBus _bus;
+    private readonly string _replica;
+
     private readonly ConcurrentDictionary<string, Func<Task>> _policyListeners = new();
     private readonly ConcurrentDictionary<string, Func<Task>> _relayListeners = new();
     private readonly ConcurrentDictionary<string, Func<Task>> _connectorListeners = new();
@@ -16,6 +22,62 @@ public sealed class SessionRegistry
     private readonly ConcurrentDictionary<string, Func<string, Task>> _closers = new();
 
     private readonly ConcurrentDictionary<string, Core.ControlPlane.PathStatus[]> _paths = new();
+
+    public SessionRegistry(ReplicaBus bus, ControllerOptions options)
+    {
+        _bus = bus;
+        _replica = options.ReplicaId;
+        bus.Received += notice => _ = ApplyAsync(notice);
+        bus.Resynchronize += () =>
+        {
+            Fan(_policyListeners.Values);
+            Fan(_relayListeners.Values);
+            Fan(_connectorListeners.Values);
+        };
+    }
+
+    /// <summary>Acts on another replica's notice for the sessions held here.</summary>
+    private async Task ApplyAsync(ReplicaNotice notice)
+    {
+        switch (notice.Kind)
+        {
+            case ReplicaNoticeKind.Policy:
+                Fan(_policyListeners.Values);
+                break;
+            case ReplicaNoticeKind.Relays:
+                Fan(_relayListeners.Values);
+                break;
+            case ReplicaNoticeKind.Connectors:
+                CoalesceConnectors();
+                break;
+            case ReplicaNoticeKind.Send when notice.Identity is { } identity && notice.Text is { } text
+                && Core.ControlPlane.SessionMessage.Deserialize(System.Text.Encoding.UTF8.GetBytes(text)) is { } message:
+                await SendHereAsync(identity, message);
+                break;
+            case ReplicaNoticeKind.Disconnect when notice.Identity is { } identity:
+                await DisconnectHereAsync(identity, notice.Text ?? "ended by the controller");
+                break;
+        }
+    }
+
+    private void Publish(ReplicaNoticeKind kind, string? identity = null, string? text = null)
+    {
+        if (!_bus.IsShared)
+        {
+            return;
+        }
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await _bus.PublishAsync(new ReplicaNotice(kind, _replica, identity, text), CancellationToken.None);
+            }
+            catch (Exception e) when (e is System.Data.Common.DbException or IOException or TimeoutException or InvalidOperationException)
+            {
+                // The database is unreachable: the other replicas cannot serve either, and resynchronize when it is back.
+            }
+        });
+    }
 
     /// <summary>Keeps what a client last said about its paths (null forgets it, when its session ends).</summary>
     public void ReportPaths(string identity, Core.ControlPlane.PathStatus[]? paths)
@@ -48,8 +110,16 @@ public sealed class SessionRegistry
     /// <summary>Whether this replica holds a session for <paramref name="identity"/> now.</summary>
     public bool IsOnline(string identity) => _byIdentity.ContainsKey(identity);
 
-    /// <summary>Ends the session of <paramref name="identity"/> if this replica holds it.</summary>
+    /// <summary>Ends the session of <paramref name="identity"/>, whichever replica holds it.</summary>
     public async Task DisconnectAsync(string identity, string reason)
+    {
+        if (!await DisconnectHereAsync(identity, reason))
+        {
+            Publish(ReplicaNoticeKind.Disconnect, identity, reason);
+        }
+    }
+
+    private async Task<bool> DisconnectHereAsync(string identity, string reason)
     {
         if (_closers.TryGetValue(identity, out var close))
         {
@@ -61,11 +131,30 @@ public sealed class SessionRegistry
             {
                 // Already ending.
             }
+            return true;
         }
+        return false;
     }
 
-    /// <summary>Sends to the session of <paramref name="identity"/> if this replica holds it; false otherwise.</summary>
+    /// <summary>
+    /// Sends to the session of <paramref name="identity"/>: here if this replica holds it, else passed to the other replicas
+    /// (true when passed on: delivery is then as sure as any message on the wire). False when no replica can hold it.
+    /// </summary>
     public async Task<bool> TrySendAsync(string identity, Core.ControlPlane.SessionMessage message)
+    {
+        if (await SendHereAsync(identity, message))
+        {
+            return true;
+        }
+        if (!_bus.IsShared)
+        {
+            return false;
+        }
+        Publish(ReplicaNoticeKind.Send, identity, Core.ControlPlane.SessionMessage.Serialize(message));
+        return true;
+    }
+
+    private async Task<bool> SendHereAsync(string identity, Core.ControlPlane.SessionMessage message)
     {
         if (!_byIdentity.TryGetValue(identity, out var send))
         {
@@ -97,8 +186,14 @@ public sealed class SessionRegistry
 
     public void RemoveConnectorListener(string sessionId) => _connectorListeners.TryRemove(sessionId, out _);
 
-    /// <summary>Tells client sessions a connector's load changed; changes within a quarter second go out as one.</summary>
+    /// <summary>Tells client sessions (on every replica) a connector's load changed; changes within a quarter second go out as one.</summary>
     public void NotifyConnectorsChanged()
+    {
+        CoalesceConnectors();
+        Publish(ReplicaNoticeKind.Connectors);
+    }
+
+    private void CoalesceConnectors()
     {
         if (Interlocked.Exchange(ref _connectorsPending, 1) == 1)
         {
@@ -112,11 +207,19 @@ public sealed class SessionRegistry
         });
     }
 
-    /// <summary>Tells every policy listener (clients' grants, connectors' access tables) to recompute; each sends only when its view changed.</summary>
-    public void NotifyPolicyChanged() => Fan(_policyListeners.Values);
+    /// <summary>Tells every policy listener, on every replica (clients' grants, connectors' access tables), to recompute; each sends only when its view changed.</summary>
+    public void NotifyPolicyChanged()
+    {
+        Fan(_policyListeners.Values);
+        Publish(ReplicaNoticeKind.Policy);
+    }
 
-    /// <summary>Tells every connector and client the relay list changed (a relay came, went or moved).</summary>
-    public void NotifyRelaysChanged() => Fan(_relayListeners.Values);
+    /// <summary>Tells every connector and client, on every replica, the relay list changed (a relay came, went or moved).</summary>
+    public void NotifyRelaysChanged()
+    {
+        Fan(_relayListeners.Values);
+        Publish(ReplicaNoticeKind.Relays);
+    }
 
     private static void Fan(IEnumerable<Func<Task>> pushes)
     {

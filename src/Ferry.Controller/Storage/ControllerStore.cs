@@ -213,6 +213,16 @@ public sealed class ControllerStore(Database database)
         }, ct);
     }
 
+    /// <summary>Online daemons whose session another replica held and stopped touching before <paramref name="staleBefore"/>.</summary>
+    public async Task<IReadOnlyList<DaemonRow>> ListStaleSessionsAsync(string replica, long staleBefore, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return (await c.QueryAsync<DaemonRow>($"""
+            SELECT {DaemonColumns} FROM daemons d LEFT JOIN networks n ON n.id = d.network_id
+            WHERE d.state = 'online' AND d.session_id IS NOT NULL AND d.session_replica <> @replica AND d.last_seen < @staleBefore
+            """, new { replica, staleBefore })).AsList();
+    }
+
     /// <summary>At start a replica owns no sessions, whatever the database says from before a crash.</summary>
     public async Task ReleaseSessionsOfReplicaAsync(string replica, long now, CancellationToken ct)
     {

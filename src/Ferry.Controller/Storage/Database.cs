@@ -17,6 +17,7 @@ public sealed class Database : IAsyncDisposable
 {
     private readonly string _sqliteConnectionString = "";
     private readonly NpgsqlDataSource? _postgres;
+    private string? _postgresConnectionString;
 
     static Database()
     {
@@ -51,7 +52,7 @@ public sealed class Database : IAsyncDisposable
                 throw new ArgumentException($"--database is not a valid PostgreSQL connection string ({e.Message}); expected for example \"Host=db;Database=ferry;Username=ferry;Password=…\"", e);
             }
             var dataSource = NpgsqlDataSource.Create(builder.ConnectionString);
-            return new Database(DatabaseKind.Postgres, $"PostgreSQL {builder.Host}/{builder.Database}", "", dataSource);
+            return new Database(DatabaseKind.Postgres, $"PostgreSQL {builder.Host}/{builder.Database}", "", dataSource) { _postgresConnectionString = builder.ConnectionString };
         }
         Directory.CreateDirectory(dataDirectory);
         var file = Path.GetFullPath(Path.Combine(dataDirectory, "ferry.db"));
@@ -63,6 +64,35 @@ public sealed class Database : IAsyncDisposable
             DefaultTimeout = 30,
         }.ToString();
         return new Database(DatabaseKind.Sqlite, $"SQLite {file}", sqlite, null);
+    }
+
+    /// <summary>
+    /// A connection of its own for LISTEN (PostgreSQL only; null otherwise), named after the replica and with TCP keepalive,
+    /// so a dead database server is noticed while nothing is being asked of it.
+    /// </summary>
+    public async Task<NpgsqlConnection?> OpenListenerAsync(string replica, CancellationToken ct)
+    {
+        if (_postgresConnectionString is null)
+        {
+            return null;
+        }
+        var builder = new NpgsqlConnectionStringBuilder(_postgresConnectionString)
+        {
+            ApplicationName = $"ferry controller {replica}",
+            Pooling = false,
+            KeepAlive = 5,
+        };
+        var connection = new NpgsqlConnection(builder.ConnectionString);
+        try
+        {
+            await connection.OpenAsync(ct);
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+        return connection;
     }
 
     public async Task<DbConnection> OpenAsync(CancellationToken cancellationToken = default)

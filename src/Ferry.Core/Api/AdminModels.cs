@@ -54,6 +54,8 @@ public sealed record ConnectorView
     public int? Flows { get; init; }
     /// <summary>What it found when it last checked each resource of its network.</summary>
     public ResourceCheckView[] Resources { get; init; } = [];
+    /// <summary>The controller replica holding its session (its --replica-id), while online.</summary>
+    public string? Replica { get; init; }
 }
 
 /// <summary>One resource as a connector found it: "ok", "unresolvable", "unreachable" or "unchecked", and what it saw.</summary>

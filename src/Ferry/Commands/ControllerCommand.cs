@@ -16,7 +16,7 @@ internal static class ControllerCommand
         var trustedProxy = new Option<string[]>("--trusted-proxy") { Description = "IP of a proxy whose X-Forwarded-For is believed (repeatable)", AllowMultipleArgumentsPerToken = false };
         var heartbeat = new Option<double>("--heartbeat-interval") { Description = "Seconds between heartbeats (at most 5); offline after three missed", DefaultValueFactory = _ => 5 };
         var publicUrl = new Option<string?>("--public-url") { Description = "URL daemons use to reach this controller, for deploy instructions" };
-        var replica = new Option<string?>("--replica-id") { Description = "Name of this replica among several on one PostgreSQL", Hidden = true };
+        var replica = new Option<string?>("--replica-id") { Description = "Name of this replica among several on one PostgreSQL, unique to each (default: the host name; env FERRY_REPLICA_ID)" };
         var accessLifetime = new Option<double?>("--access-token-lifetime") { Description = "Seconds an access token stays valid", Hidden = true };
         var certificateLifetime = new Option<double?>("--certificate-lifetime") { Description = "Seconds a daemon or device certificate stays valid", Hidden = true };
         var consoleIdle = new Option<double?>("--console-idle-timeout") { Description = "Seconds an unused admin console session lasts (default 1800)" };
@@ -36,7 +36,7 @@ internal static class ControllerCommand
                 HeartbeatInterval = TimeSpan.FromSeconds(parse.GetValue(heartbeat)),
                 PublicUrl = parse.GetValue(publicUrl),
             };
-            if (parse.GetValue(replica) is { } r)
+            if ((parse.GetValue(replica) ?? Env.Get("FERRY_REPLICA_ID")) is { Length: > 0 } r)
             {
                 options.ReplicaId = r;
             }

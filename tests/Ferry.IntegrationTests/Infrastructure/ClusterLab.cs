@@ -25,6 +25,9 @@ public sealed class ClusterLab : IAsyncDisposable
     }
 
     public ControllerInstance Controller { get; }
+
+    /// <summary>Replica "b" on the same PostgreSQL, when the lab was started with <see cref="StartReplicatedAsync"/>.</summary>
+    public ControllerInstance? Replica { get; private init; }
     public FerryProcess Relay { get; }
     public EchoServer Echo { get; }
     public string Key { get; }
@@ -43,6 +46,21 @@ public sealed class ClusterLab : IAsyncDisposable
         var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
         await controller.AdminAsync("policy", "grant", "svc", "--service-account", "app");
         return new ClusterLab(controller, relay, echo, account.GetProperty("key").GetString()!, dir);
+    }
+
+    /// <summary>As <see cref="StartAsync"/>, on PostgreSQL with two controller replicas ("a" is <see cref="Controller"/>, "b" is <see cref="Replica"/>); the relay knows both.</summary>
+    public static async Task<ClusterLab> StartReplicatedAsync(CancellationToken ct, params string[] controllerArgs)
+    {
+        var controller = await ControllerInstance.StartAsync(StoreKind.Postgres, ["--replica-id", "a", .. controllerArgs]);
+        var replica = await controller.StartReplicaAsync("b", controllerArgs);
+        var dir = System.IO.Directory.CreateTempSubdirectory("ferry-cluster-").FullName;
+        var relay = await TestDeployment.StartRelayAsync(controller, dir, ct, $"{controller.Url},{replica.Url}");
+        var echo = new EchoServer(IPAddress.Loopback);
+        await controller.AdminAsync("network", "create", "corp");
+        await controller.AdminAsync("resource", "add", "127.0.0.1", "--network", "corp", "--name", "svc", "--tcp", echo.Port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
+        await controller.AdminAsync("policy", "grant", "svc", "--service-account", "app");
+        return new ClusterLab(controller, relay, echo, account.GetProperty("key").GetString()!, dir) { Replica = replica };
     }
 
     /// <summary>Provisions connector <paramref name="name"/> (at <paramref name="location"/>) and runs it until it is online with STUN done.</summary>
@@ -103,7 +121,7 @@ public sealed class ClusterLab : IAsyncDisposable
 
     /// <summary>Everything the processes printed, for failure messages.</summary>
     public string Logs()
-        => string.Join("\n", new[] { ("controller", Controller.Process) }.Concat(_connectors.Select(c => ($"connector {c.Key}", c.Value))).Concat(_clients.Take(4).Select(c => (c.Process.Name, c.Process)))
+        => string.Join("\n", new[] { ("controller", Controller.Process) }.Concat(Replica is null ? [] : [("replica b", Replica.Process)]).Concat(_connectors.Select(c => ($"connector {c.Key}", c.Value))).Concat(_clients.Take(4).Select(c => (c.Process.Name, c.Process)))
             .Select(p => $"--- {p.Item1}:\n{Tail(p.Item2.Output)}"));
 
     /// <summary>
@@ -130,6 +148,10 @@ public sealed class ClusterLab : IAsyncDisposable
         }
         await Relay.DisposeAsync();
         await Echo.DisposeAsync();
+        if (Replica is not null)
+        {
+            await Replica.DisposeAsync();
+        }
         await Controller.DisposeAsync();
         try
         {

@@ -11,11 +11,13 @@ public sealed class ControllerInstance : IAsyncDisposable
     public static readonly TimeSpan HeartbeatInterval = TimeSpan.FromSeconds(1);
 
     private readonly TestDatabase _database;
+    private readonly bool _ownsDatabase;
 
-    private ControllerInstance(TestDatabase database, string dataDirectory)
+    private ControllerInstance(TestDatabase database, string dataDirectory, bool ownsDatabase = true)
     {
         _database = database;
         DataDirectory = dataDirectory;
+        _ownsDatabase = ownsDatabase;
     }
 
     public FerryProcess Process { get; private set; } = null!;
@@ -23,6 +25,9 @@ public sealed class ControllerInstance : IAsyncDisposable
     public string Url { get; private set; } = "";
     public string Fingerprint { get; private set; } = "";
     public string ApiKey { get; private set; } = "";
+
+    /// <summary>The PostgreSQL database's connection string; null on SQLite.</summary>
+    public string? DatabaseConnectionString => _database.ConnectionString;
 
     private string[] _extra = [];
 
@@ -37,6 +42,22 @@ public sealed class ControllerInstance : IAsyncDisposable
         return instance;
     }
 
+    /// <summary>
+    /// Another replica on this controller's PostgreSQL database, with its own data folder and replica id; it shares the
+    /// database (which the first instance disposes), and the admin key and TLS certificate the database holds.
+    /// </summary>
+    public async Task<ControllerInstance> StartReplicaAsync(string replicaId, params string[] extraArgs)
+    {
+        Assert.True(_database.ConnectionString is not null, "replicas share a PostgreSQL database");
+        var replica = new ControllerInstance(_database, Directory.CreateTempSubdirectory("ferry-ctl-").FullName, ownsDatabase: false)
+        {
+            _extra = ["--replica-id", replicaId, .. extraArgs],
+            ApiKey = ApiKey,
+        };
+        await replica.StartProcessAsync("127.0.0.1:0");
+        return replica;
+    }
+
     /// <summary>A SQLite controller inside a network namespace, listening on one of its addresses.</summary>
     public static async Task<ControllerInstance> StartInAsync(string netns, string address)
     {
@@ -48,7 +69,11 @@ public sealed class ControllerInstance : IAsyncDisposable
 
     private async Task StartProcessAsync(string listen)
     {
-        var args = new List<string> { "controller", "--data", DataDirectory, "--listen", listen, "--heartbeat-interval", HeartbeatInterval.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+        var args = new List<string> { "controller", "--data", DataDirectory, "--listen", listen };
+        if (!_extra.Contains("--heartbeat-interval"))
+        {
+            args.AddRange(["--heartbeat-interval", HeartbeatInterval.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        }
         args.AddRange(_extra);
         if (_database.ConnectionString is not null)
         {
@@ -59,7 +84,12 @@ public sealed class ControllerInstance : IAsyncDisposable
         Url = urlLine.Split("admin URL:")[1].Trim().TrimEnd('/');
         var fingerprintLine = await Process.WaitForLineAsync(l => l.Contains("TLS fingerprint:", StringComparison.Ordinal), TimeSpan.FromSeconds(10), "TLS fingerprint");
         Fingerprint = fingerprintLine.Split("TLS fingerprint:")[1].Trim();
-        ApiKey = (await File.ReadAllTextAsync(Path.Combine(DataDirectory, "admin.key"))).Trim();
+        // A replica joining a database another replica set up has no admin.key of its own: the key is the first one's.
+        var keyFile = Path.Combine(DataDirectory, "admin.key");
+        if (File.Exists(keyFile))
+        {
+            ApiKey = (await File.ReadAllTextAsync(keyFile)).Trim();
+        }
     }
 
     /// <summary>Stops the process (SIGTERM, or SIGKILL when <paramref name="crash"/>) and starts it again on the same port, data and database.</summary>
@@ -167,7 +197,10 @@ public sealed class ControllerInstance : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await Process.DisposeAsync();
-        await _database.DisposeAsync();
+        if (_ownsDatabase)
+        {
+            await _database.DisposeAsync();
+        }
         try
         {
             Directory.Delete(DataDirectory, recursive: true);

@@ -36,11 +36,12 @@ public sealed class TestDeployment : IAsyncDisposable
     }
 
     /// <summary>Provisions relay "r1" and runs it on loopback until it accepts links.</summary>
-    public static async Task<FerryProcess> StartRelayAsync(ControllerInstance controller, string directory, CancellationToken ct)
+    public static async Task<FerryProcess> StartRelayAsync(ControllerInstance controller, string directory, CancellationToken ct, string? controllers = null)
     {
         var relayTokens = Path.Combine(directory, "relay.json");
         await File.WriteAllTextAsync(relayTokens, await controller.AdminAsync("relay", "provision", "--name", "r1", "--json"), ct);
-        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0",
+            .. controllers is null ? Array.Empty<string>() : ["--controller", controllers]]);
         await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
         return relay;
     }
