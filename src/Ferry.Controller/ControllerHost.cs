@@ -4,6 +4,7 @@ using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
 using Ferry.Controller.Api;
 using Ferry.Controller.Console;
+using Ferry.Controller.Edge;
 using Ferry.Controller.CertificateAuthority;
 using Ferry.Controller.Policy;
 using Ferry.Controller.Sessions;
@@ -29,13 +30,34 @@ public static class ControllerHost
     /// <summary>Runs until <paramref name="ct"/> is cancelled or the process is told to stop; returns the exit code.</summary>
     public static async Task<int> RunAsync(ControllerOptions options, TextWriter output, CancellationToken ct)
     {
-        if (!TryParseListen(options.Listen, out var listen))
+        if (options.Role == ControllerRole.Edge)
+        {
+            return await RunEdgeAsync(options, output, ct);
+        }
+        var core = options.Role == ControllerRole.Core;
+        IPEndPoint listen;
+        if (core)
+        {
+            listen = new IPEndPoint(IPAddress.Any, 0);
+        }
+        else if (!TryParseListen(options.Listen, out listen))
         {
             throw new ArgumentException($"--listen '{options.Listen}' is not HOST:PORT (for example 127.0.0.1:8443 or 0.0.0.0:443)");
         }
         if (options.HeartbeatInterval <= TimeSpan.Zero || options.HeartbeatInterval > TimeSpan.FromSeconds(5))
         {
             throw new ArgumentException("--heartbeat-interval must be more than 0 and at most 5 seconds, so a stopped daemon shows offline within 15 s");
+        }
+        EdgeLinkEndPoint? edges = null;
+        byte[]? edgeSecret = null;
+        if (core)
+        {
+            edges = new EdgeLinkEndPoint(ParseEdges(options.Edges));
+            edgeSecret = EdgeLinkProtocol.LoadSecret(options.EdgeSecretFile);
+            if (string.IsNullOrWhiteSpace(options.PublicUrl))
+            {
+                throw new ArgumentException("--role core needs --public-url: the URL (or several, separated by commas) daemons use to reach its edges, for example https://edge1.example.com:443,https://edge2.example.com:443");
+            }
         }
         var trustedProxies = new List<IPAddress>();
         foreach (var proxy in options.TrustedProxies)
@@ -76,9 +98,21 @@ public static class ControllerHost
         {
             kestrel.AddServerHeader = false;
             kestrel.Limits.MaxRequestBodySize = 1 << 20;
-            kestrel.Listen(listen, l => l.UseHttps(tls));
+            if (edges is not null)
+            {
+                kestrel.Listen(edges, l => l.UseHttps(tls));
+            }
+            else
+            {
+                kestrel.Listen(listen, l => l.UseHttps(tls));
+            }
         });
         var info = new ControllerInfo { Fingerprint = fingerprint };
+        if (edgeSecret is not null)
+        {
+            // Registered after Kestrel's socket transport, so Kestrel asks it first; it binds only the edges' end point.
+            builder.Services.AddSingleton<Microsoft.AspNetCore.Connections.IConnectionListenerFactory>(sp => new EdgeLinkTransport(edgeSecret, sp.GetRequiredService<ILoggerFactory>()));
+        }
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(time);
         builder.Services.AddSingleton(store);
@@ -150,15 +184,26 @@ public static class ControllerHost
         await store.ReleaseSessionsOfReplicaAsync(options.ReplicaId, time.GetUtcNow().ToUnixTimeMilliseconds(), ct);
         await app.StartAsync(ct);
 
-        var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        var port = new Uri(bound).Port;
-        info.Url = options.PublicUrl?.TrimEnd('/') ?? $"https://{DisplayHost(listen.Address)}:{port}";
+        if (core)
+        {
+            info.Url = string.Join(",", options.PublicUrl!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(u => u.TrimEnd('/')));
+        }
+        else
+        {
+            var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            var port = new Uri(bound).Port;
+            info.Url = options.PublicUrl?.TrimEnd('/') ?? $"https://{DisplayHost(listen.Address)}:{port}";
+        }
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
         AtomicFile.WriteAllText(Path.Combine(dataDirectory, "controller.json"),
             JsonSerializer.Serialize(new { url = info.Url, fingerprint, adminKeyFile = Path.Combine(dataDirectory, "admin.key") }), ownerOnly: false);
 
         output.WriteLine($"Ferry controller {typeof(ControllerHost).Assembly.GetName().Version?.ToString(3)}");
-        output.WriteLine($"  admin URL:        {info.Url}/");
+        output.WriteLine($"  admin URL:        {info.Url.Split(',')[0]}/");
+        if (edges is not null)
+        {
+            output.WriteLine($"  role:             core, listening on nothing; dialing {edges}");
+        }
         output.WriteLine(adminKeyText is not null
             ? $"  admin API key:    {adminKeyText}   (also in {Path.Combine(dataDirectory, "admin.key")}, mode 0600)"
             : "  admin API key:    set earlier by another controller replica; use that replica's admin.key");
@@ -177,6 +222,52 @@ public static class ControllerHost
             await app.DisposeAsync();
         }
         return 0;
+    }
+
+    /// <summary>The edge role: binds the public and link listeners and passes connections until stopped.</summary>
+    private static async Task<int> RunEdgeAsync(ControllerOptions options, TextWriter output, CancellationToken ct)
+    {
+        if (!TryParseListen(options.Listen, out var listen))
+        {
+            throw new ArgumentException($"--listen '{options.Listen}' is not HOST:PORT (for example 0.0.0.0:443): where daemons and operators connect");
+        }
+        if (options.LinkListen is null || !TryParseListen(options.LinkListen, out var linkListen))
+        {
+            throw new ArgumentException($"--role edge needs --link-listen HOST:PORT (for example 10.0.0.5:8444): where the core's links connect{(options.LinkListen is null ? "" : $"; '{options.LinkListen}' is not one")}");
+        }
+        if (options.Database is not null)
+        {
+            throw new ArgumentException("--role edge holds no database: give --database to the core");
+        }
+        var secret = EdgeLinkProtocol.LoadSecret(options.EdgeSecretFile);
+        using var loggers = LoggerFactory.Create(b => b.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+            o.UseUtcTimestamp = true;
+        }));
+        await using var edge = EdgeServer.Bind(listen, linkListen, secret, loggers.CreateLogger<EdgeServer>());
+        output.WriteLine($"Ferry controller edge {typeof(ControllerHost).Assembly.GetName().Version?.ToString(3)}");
+        output.WriteLine($"  daemons and operators:  {edge.PublicEndPoint}");
+        output.WriteLine($"  core links:             {edge.LinkEndPoint}");
+        output.Flush();
+        await edge.RunAsync(ct);
+        return 0;
+    }
+
+    private static DnsEndPoint[] ParseEdges(IList<string> edges)
+    {
+        if (edges.Count == 0)
+        {
+            throw new ArgumentException("--role core needs --edge HOST:PORT (several separated by commas): the edges' --link-listen addresses it dials out to");
+        }
+        return [.. edges.Select(e =>
+        {
+            var colon = e.LastIndexOf(':');
+            return colon > 0 && int.TryParse(e[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture, out var port) && port is > 0 and < 65536
+                ? new DnsEndPoint(e[..colon].Trim('[', ']'), port)
+                : throw new ArgumentException($"--edge '{e}' is not HOST:PORT (for example edge1.internal:8444)");
+        })];
     }
 
     internal static bool TryParseListen(string text, out IPEndPoint endpoint)

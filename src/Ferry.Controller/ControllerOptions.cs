@@ -1,5 +1,18 @@
 namespace Ferry.Controller;
 
+/// <summary>What a controller process does: everything (the default), the database side only, or the public side only.</summary>
+public enum ControllerRole
+{
+    /// <summary>Database and public listener in one process.</summary>
+    All,
+
+    /// <summary>Holds the database and serves through edges it dials out to; listens on nothing.</summary>
+    Core,
+
+    /// <summary>Faces daemons and operators, holds no database, and passes every connection to the core over its links.</summary>
+    Edge,
+}
+
 /// <summary>How a controller runs; bound from the 'ferry controller' command line.</summary>
 public sealed class ControllerOptions
 {
@@ -36,6 +49,17 @@ public sealed class ControllerOptions
 
     /// <summary>Names this process among replicas sharing one database.</summary>
     public string ReplicaId { get; set; } = Environment.MachineName;
+
+    public ControllerRole Role { get; set; } = ControllerRole.All;
+
+    /// <summary>Core role: the edges' link addresses (HOST:PORT) to dial.</summary>
+    public IList<string> Edges { get; } = [];
+
+    /// <summary>Edge role: where the core's links connect.</summary>
+    public string? LinkListen { get; set; }
+
+    /// <summary>Core and edge roles: the file with the secret that lets the core's links in.</summary>
+    public string? EdgeSecretFile { get; set; }
 
     /// <summary>The public URL daemons are told to use in deploy instructions; derived from the listen address when unset.</summary>
     public string? PublicUrl { get; set; }

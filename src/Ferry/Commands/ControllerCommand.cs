@@ -20,9 +20,15 @@ internal static class ControllerCommand
         var accessLifetime = new Option<double?>("--access-token-lifetime") { Description = "Seconds an access token stays valid", Hidden = true };
         var certificateLifetime = new Option<double?>("--certificate-lifetime") { Description = "Seconds a daemon or device certificate stays valid", Hidden = true };
         var consoleIdle = new Option<double?>("--console-idle-timeout") { Description = "Seconds an unused admin console session lasts (default 1800)" };
+        var role = new Option<string>("--role") { Description = "all (default): one process; core: holds the database and listens on nothing, serving through --edge processes it dials; edge: the public side, no database", DefaultValueFactory = _ => "all" };
+        role.AcceptOnlyFromAmong("all", "core", "edge");
+        var edges = new Option<string?>("--edge") { Description = "core role: the edges' --link-listen addresses to dial, HOST:PORT separated by commas (env FERRY_EDGES)" };
+        var linkListen = new Option<string?>("--link-listen") { Description = "edge role: HOST:PORT where the core's links connect" };
+        var edgeSecret = new Option<string?>("--edge-secret-file") { Description = "core and edge roles: file with the shared secret (32+ random characters) that admits the core's links" };
         var command = new Command("controller", "Run the controller: admin API, daemon sessions and certificate authority.")
         {
             data, listen, database, tlsCert, tlsKey, trustedProxy, heartbeat, publicUrl, replica, accessLifetime, certificateLifetime, consoleIdle,
+            role, edges, linkListen, edgeSecret,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -55,6 +61,25 @@ internal static class ControllerCommand
             foreach (var proxy in parse.GetValue(trustedProxy) ?? [])
             {
                 options.TrustedProxies.Add(proxy);
+            }
+            options.Role = parse.GetValue(role) switch { "core" => ControllerRole.Core, "edge" => ControllerRole.Edge, _ => ControllerRole.All };
+            options.LinkListen = parse.GetValue(linkListen);
+            options.EdgeSecretFile = parse.GetValue(edgeSecret) ?? Env.Get("FERRY_EDGE_SECRET_FILE");
+            foreach (var edge in (parse.GetValue(edges) ?? Env.Get("FERRY_EDGES") ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+            {
+                options.Edges.Add(edge);
+            }
+            if (options.Role == ControllerRole.Core && parse.GetResult(listen) is { Implicit: false })
+            {
+                throw new CliException("--role core listens on nothing: daemons and operators reach it through its edges; drop --listen (and give --edge)", 2);
+            }
+            if (options.Role != ControllerRole.Core && options.Edges.Count > 0)
+            {
+                throw new CliException("--edge is for --role core: the core dials out to those edges", 2);
+            }
+            if (options.Role != ControllerRole.Edge && options.LinkListen is not null)
+            {
+                throw new CliException("--link-listen is for --role edge: where the core's links connect", 2);
             }
             return await ControllerHost.RunAsync(options, Console.Out, ct);
         }));

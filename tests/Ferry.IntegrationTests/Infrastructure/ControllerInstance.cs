@@ -22,7 +22,11 @@ public sealed class ControllerInstance : IAsyncDisposable
 
     public FerryProcess Process { get; private set; } = null!;
     public string DataDirectory { get; }
-    public string Url { get; private set; } = "";
+    /// <summary>Where admin requests go; for a core, one of its edges, which a test may switch while another is down.</summary>
+    public string Url { get; set; } = "";
+
+    // A core listens on nothing: it is started without --listen.
+    private bool _core;
     public string Fingerprint { get; private set; } = "";
     public string ApiKey { get; private set; } = "";
 
@@ -58,6 +62,15 @@ public sealed class ControllerInstance : IAsyncDisposable
         return replica;
     }
 
+    /// <summary>A core (SQLite) serving through edges: <paramref name="extraArgs"/> name them, the secret and the public URLs.</summary>
+    public static async Task<ControllerInstance> StartCoreAsync(params string[] extraArgs)
+    {
+        var database = await TestDatabase.CreateAsync(StoreKind.Sqlite);
+        var instance = new ControllerInstance(database, Directory.CreateTempSubdirectory("ferry-ctl-").FullName) { _extra = ["--role", "core", .. extraArgs], _core = true };
+        await instance.StartProcessAsync("");
+        return instance;
+    }
+
     /// <summary>A SQLite controller inside a network namespace, listening on one of its addresses.</summary>
     public static async Task<ControllerInstance> StartInAsync(string netns, string address)
     {
@@ -69,7 +82,11 @@ public sealed class ControllerInstance : IAsyncDisposable
 
     private async Task StartProcessAsync(string listen)
     {
-        var args = new List<string> { "controller", "--data", DataDirectory, "--listen", listen };
+        var args = new List<string> { "controller", "--data", DataDirectory };
+        if (!_core)
+        {
+            args.AddRange(["--listen", listen]);
+        }
         if (!_extra.Contains("--heartbeat-interval"))
         {
             args.AddRange(["--heartbeat-interval", HeartbeatInterval.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
@@ -115,7 +132,7 @@ public sealed class ControllerInstance : IAsyncDisposable
     }
 
     /// <summary>Starts the stopped controller on the same port, data and database.</summary>
-    public Task StartAgainAsync() => StartProcessAsync($"127.0.0.1:{new Uri(Url).Port}");
+    public Task StartAgainAsync() => StartProcessAsync(_core ? "" : $"127.0.0.1:{new Uri(Url).Port}");
 
     public Dictionary<string, string?> AdminEnv() => new()
     {
