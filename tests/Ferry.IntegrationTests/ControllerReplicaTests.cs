@@ -37,6 +37,13 @@ public sealed class ControllerReplicaTests
         await ConnectorClusterTests.WaitForAsync(async () => (await client.StatusAsync()).GetProperty("resources").EnumerateArray()
             .Any(r => r.GetProperty("name").GetString() == "svc3"), TimeSpan.FromSeconds(10), "the grant made on replica b to reach the client on replica a", lab);
 
+        // Replica b, which does not hold the client's session, still shows it online with the paths its client reported to a.
+        await ConnectorClusterTests.WaitForAsync(async () =>
+        {
+            var device = (await b.AdminJsonAsync<System.Text.Json.JsonElement>("device", "list")).EnumerateArray().Single();
+            return device.GetProperty("online").GetBoolean() && device.GetProperty("paths").GetArrayLength() == 1;
+        }, TimeSpan.FromSeconds(10), "replica b to show the device online with its path", lab);
+
         // Replica a dies with a flow open: the flow never needed it, and the client (and the relay) move to b.
         await using var flow = await LongFlow.OpenAsync(client.Forwards[0], Ct);
         await a.StopAsync(crash: true);

@@ -6,6 +6,7 @@ using Ferry.Controller.Sessions;
 using Ferry.Controller.Storage;
 using Ferry.Controller.Tokens;
 using Ferry.Core.Api;
+using Ferry.Core.ControlPlane;
 using Ferry.Core.Model;
 using Ferry.Core.Security;
 using Ferry.Core.Tokens;
@@ -567,10 +568,17 @@ public static partial class AdminEndpoints
 
     // ---- devices
 
-    private static async Task<IResult> ListDevicesAsync(ControllerStore store, SessionRegistry sessions, CancellationToken ct)
-        => Results.Ok((await store.ListDevicesAsync(ct)).Select(d => new DeviceView(
-            d.Id, d.Name, d.OwnerKind, d.OwnerName ?? d.OwnerId, sessions.IsOnline(new PeerIdentity(PeerIdentity.Device, d.Id).ToString()), Time(d.CreatedAt), Time(d.TokenExpiresAt),
-            sessions.PathsOf(new PeerIdentity(PeerIdentity.Device, d.Id).ToString()))));
+    private static async Task<IResult> ListDevicesAsync(ControllerStore store, ControllerOptions options, TimeProvider time, CancellationToken ct)
+    {
+        // Online on whichever replica holds the session: it touches the row every heartbeat.
+        var fresh = Now(time) - (long)(options.HeartbeatInterval * 3).TotalMilliseconds;
+        return Results.Ok((await store.ListDevicesAsync(ct)).Select(d =>
+        {
+            var online = d.SessionSeen >= fresh;
+            PathStatus[] paths = online && d.Paths is { } json ? JsonSerializer.Deserialize<PathStatus[]>(json, RelayDirectory.StatusJson) ?? [] : [];
+            return new DeviceView(d.Id, d.Name, d.OwnerKind, d.OwnerName ?? d.OwnerId, online, Time(d.CreatedAt), Time(d.TokenExpiresAt), paths);
+        }));
+    }
 
     /// <summary>Removes a device: its token stops working, its session ends, and connectors close its flows and refuse its certificate.</summary>
     private static async Task<IResult> RemoveDeviceAsync(string device, ControllerStore store, SessionRegistry sessions, ControllerOptions options, TimeProvider time, HttpContext http, CancellationToken ct)

@@ -251,6 +251,7 @@ public sealed class SessionHandler(
             return;
         }
         var sessionId = TokenFormat.NewId("ss_");
+        await store.StartDeviceSessionAsync(device.Id, sessionId, options.ReplicaId, time.GetUtcNow().ToUnixTimeMilliseconds(), ct);
         await socket.SendAsync(new WelcomeMessage(sessionId, identity.ToString(), (int)options.HeartbeatInterval.TotalMilliseconds, offset), ct);
         var owner = $"{device.OwnerKind}/{device.OwnerId}";
         if (hello.CsrPem is not null)
@@ -289,6 +290,7 @@ public sealed class SessionHandler(
                         {
                             return "clock offset beyond tolerance";
                         }
+                        await store.TouchDeviceSessionAsync(device.Id, sessionId, time.GetUtcNow().ToUnixTimeMilliseconds(), null, loopCt);
                         break;
                     case CertificateRequestMessage request:
                         await IssueCertificateAsync(socket, identity, request.CsrPem, loopCt, owner);
@@ -300,7 +302,8 @@ public sealed class SessionHandler(
                         await ForwardSignalAsync(socket, requester, candidates, loopCt);
                         break;
                     case PathReportMessage report:
-                        registry.ReportPaths(identity.ToString(), report.Paths.Take(64).ToArray());
+                        await store.TouchDeviceSessionAsync(device.Id, sessionId, time.GetUtcNow().ToUnixTimeMilliseconds(),
+                            JsonSerializer.Serialize(report.Paths.Take(64).ToArray(), RelayDirectory.StatusJson), loopCt);
                         break;
                 }
                 return null;
@@ -310,7 +313,7 @@ public sealed class SessionHandler(
         {
             registry.RemovePeer(identity.ToString(), sendToPeer);
             registry.RemoveCloser(identity.ToString(), close);
-            registry.ReportPaths(identity.ToString(), null);
+            await store.EndDeviceSessionAsync(device.Id, sessionId, CancellationToken.None);
             registry.RemovePolicyListener(sessionId);
             registry.RemoveConnectorListener(sessionId);
             registry.RemoveRelayListener(sessionId);

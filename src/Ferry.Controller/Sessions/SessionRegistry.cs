@@ -21,8 +21,6 @@ public sealed class SessionRegistry
     private readonly ConcurrentDictionary<string, Func<Core.ControlPlane.SessionMessage, Task>> _byIdentity = new();
     private readonly ConcurrentDictionary<string, Func<string, Task>> _closers = new();
 
-    private readonly ConcurrentDictionary<string, Core.ControlPlane.PathStatus[]> _paths = new();
-
     public SessionRegistry(ReplicaBus bus, ControllerOptions options)
     {
         _bus = bus;
@@ -78,22 +76,6 @@ public sealed class SessionRegistry
             }
         });
     }
-
-    /// <summary>Keeps what a client last said about its paths (null forgets it, when its session ends).</summary>
-    public void ReportPaths(string identity, Core.ControlPlane.PathStatus[]? paths)
-    {
-        if (paths is null)
-        {
-            _paths.TryRemove(identity, out _);
-        }
-        else
-        {
-            _paths[identity] = paths;
-        }
-    }
-
-    /// <summary>The paths a device's client reported on its session with this replica; empty when it has none.</summary>
-    public Core.ControlPlane.PathStatus[] PathsOf(string identity) => _paths.TryGetValue(identity, out var paths) ? paths : [];
 
     /// <summary>Lets other sessions send to this identity (a relay ticket for both ends of a pair).</summary>
     public void AddPeer(string identity, Func<Core.ControlPlane.SessionMessage, Task> send) => _byIdentity[identity] = send;

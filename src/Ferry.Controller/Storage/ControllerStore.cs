@@ -569,12 +569,41 @@ public sealed class ControllerStore(Database database)
     {
         await using var c = await OpenAsync(ct);
         return (await c.QueryAsync<DeviceListRow>("""
-            SELECT d.id, d.name, d.owner_kind, d.owner_id, COALESCE(u.name, s.name) AS owner_name, d.token_expires_at, d.created_at
+            SELECT d.id, d.name, d.owner_kind, d.owner_id, COALESCE(u.name, s.name) AS owner_name, d.token_expires_at, d.created_at,
+              ds.last_seen AS session_seen, ds.paths
             FROM devices d
+            LEFT JOIN device_sessions ds ON ds.device_id = d.id
             LEFT JOIN users u ON d.owner_kind = 'user' AND u.id = d.owner_id
             LEFT JOIN service_accounts s ON d.owner_kind = 'service-account' AND s.id = d.owner_id
             ORDER BY d.created_at DESC, d.id
             """)).AsList();
+    }
+
+    /// <summary>Records that a replica holds the device's client session now (so every replica can tell it is online).</summary>
+    public async Task StartDeviceSessionAsync(string deviceId, string sessionId, string replica, long now, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync("""
+            INSERT INTO device_sessions (device_id, session_id, replica, last_seen, paths) VALUES (@deviceId, @sessionId, @replica, @now, NULL)
+            ON CONFLICT (device_id) DO UPDATE SET session_id = excluded.session_id, replica = excluded.replica, last_seen = excluded.last_seen, paths = NULL
+            """, new { deviceId, sessionId, replica, now });
+    }
+
+    /// <summary>The device's session is still there (a heartbeat), with what its client last said of its paths when given.</summary>
+    public async Task TouchDeviceSessionAsync(string deviceId, string sessionId, long now, string? paths, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync(paths is null
+            ? "UPDATE device_sessions SET last_seen = @now WHERE device_id = @deviceId AND session_id = @sessionId"
+            : "UPDATE device_sessions SET last_seen = @now, paths = @paths WHERE device_id = @deviceId AND session_id = @sessionId",
+            new { deviceId, sessionId, now, paths });
+    }
+
+    /// <summary>The session ended; a newer one (on any replica) is left alone.</summary>
+    public async Task EndDeviceSessionAsync(string deviceId, string sessionId, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync("DELETE FROM device_sessions WHERE device_id = @deviceId AND session_id = @sessionId", new { deviceId, sessionId });
     }
 
     /// <summary>Removes a device (its token stops working) and revokes its identity until <paramref name="until"/>; false when there was no such device.</summary>
@@ -583,6 +612,7 @@ public sealed class ControllerStore(Database database)
 
     private static async Task<int> RevokeDevicesAsync(DbConnection c, DbTransaction tx, string where, object args)
     {
+        await c.ExecuteAsync($"DELETE FROM device_sessions WHERE device_id IN (SELECT id FROM devices WHERE {where})", args, tx);
         // Recorded before the rows go, so a certificate issued to the device is refused by connectors until it expires.
         await c.ExecuteAsync($"""
             INSERT INTO revoked_devices (id, revoked_at, until)

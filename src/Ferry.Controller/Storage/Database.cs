@@ -239,6 +239,12 @@ public sealed class Database : IAsyncDisposable
             token_hash TEXT NOT NULL UNIQUE,
             token_expires_at BIGINT NOT NULL,
             created_at BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS device_sessions (
+            device_id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            replica TEXT NOT NULL,
+            last_seen BIGINT NOT NULL,
+            paths TEXT);
         CREATE TABLE IF NOT EXISTS revoked_devices (
             id TEXT PRIMARY KEY,
             revoked_at BIGINT NOT NULL,

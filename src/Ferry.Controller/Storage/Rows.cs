@@ -174,6 +174,10 @@ public sealed class DeviceListRow
     public string? OwnerName { get; set; }
     public long TokenExpiresAt { get; set; }
     public long CreatedAt { get; set; }
+    /// <summary>When a replica last heard from its client session; null without one.</summary>
+    public long? SessionSeen { get; set; }
+    /// <summary>Its client's last path report (JSON).</summary>
+    public string? Paths { get; set; }
 }
 
 /// <summary>An audit log row.</summary>
