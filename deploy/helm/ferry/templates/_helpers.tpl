@@ -37,10 +37,19 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
-{{/* A daemon's name must be a DNS label, since it names its Deployment, claim and default Secret. */}}
-{{- define "ferry.checkName" -}}
-{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$" (toString .name)) -}}
-{{- fail (printf "%s name %q is not valid: use 1 to 32 lower-case letters, digits and '-', starting and ending with a letter or digit" .kind (toString .name)) -}}
+{{/*
+The Kubernetes name of a daemon: its Ferry name (1-63 letters, digits, '.', '_', '-', as the controller allows) when that
+is already a short DNS label, otherwise a lower-cased form with a hash of the real name, so two names never collide.
+*/}}
+{{- define "ferry.daemonKey" -}}
+{{- $n := toString .name -}}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" $n) -}}
+{{- fail (printf "%s name %q is not valid: use the name given at provisioning (1-63 letters, digits, '.', '_' or '-', starting with a letter or digit)" .kind $n) -}}
+{{- end -}}
+{{- if regexMatch "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$" $n -}}
+{{- $n -}}
+{{- else -}}
+{{- printf "%s-%s" (regexReplaceAll "-+$" (regexReplaceAll "[^a-z0-9-]" (lower $n) "-" | trunc 22) "") (sha256sum $n | trunc 8) -}}
 {{- end -}}
 {{- end -}}
 
