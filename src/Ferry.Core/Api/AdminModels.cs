@@ -21,7 +21,7 @@ public sealed record ConnectorProvisionRequest(string Network, string? Name = nu
 public sealed record ConnectorProvisioned(ConnectorView Connector, TokenFile Tokens, DeployInstructions Deploy);
 
 /// <summary>Ready-to-paste ways of running a provisioned daemon.</summary>
-public sealed record DeployInstructions(string Plain, string Systemd, string Container);
+public sealed record DeployInstructions(string Plain, string Systemd, string Container, string Helm);
 
 /// <summary>A connector with every detail the controller keeps about it.</summary>
 public sealed record ConnectorView

@@ -428,6 +428,9 @@ internal static class AdminCommand
         Console.WriteLine();
         Console.WriteLine("Or in a container:");
         Console.WriteLine("  " + deploy.Container);
+        Console.WriteLine();
+        Console.WriteLine("Or with Helm (the chart in deploy/helm/ferry):");
+        Console.WriteLine(deploy.Helm);
         return 0;
     }
 

@@ -519,7 +519,7 @@
       ${copyBlock('once-plain', 'Plain process', 'deploy-plain')}
       ${copyBlock('once-systemd', 'systemd', 'deploy-systemd')}
       ${copyBlock('once-container', 'Container', 'deploy-container')}
-      <p class="muted">Helm: not available yet.</p>
+      ${copyBlock('once-helm', 'Helm', 'deploy-helm')}
       <div class="form-actions"><button type="button" data-act="done">Done</button></div>
     </section>`;
     // textContent, not markup: the tokens and commands are shown exactly as the API gave them.
@@ -527,6 +527,7 @@
     document.getElementById('once-plain').textContent = answer.deploy?.plain ?? '';
     document.getElementById('once-systemd').textContent = answer.deploy?.systemd ?? '';
     document.getElementById('once-container').textContent = answer.deploy?.container ?? '';
+    document.getElementById('once-helm').textContent = answer.deploy?.helm ?? '';
     document.getElementById('once-h').focus();
   }
 
