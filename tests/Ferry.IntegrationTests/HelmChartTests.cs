@@ -118,7 +118,6 @@ public sealed partial class HelmChartTests
 
     [Theory]
     [InlineData("controller.replicaCount=2", "controller.replicaCount above 1 needs PostgreSQL")]
-    [InlineData("controller.replicaCount=2,controller.database.existingSecret=pg", "controller.replicaCount above 1 needs controller.tls.existingSecret")]
     [InlineData("controller.replicaCount=0", "controller.replicaCount 0 is not valid: give 1 or more")]
     [InlineData("connectors=[{\"name\":\"a\"},{\"name\":\"b\",\"tokenSecret\":\"ferry-connector-a\"}]", "connector \"b\" uses token Secret \"ferry-connector-a\", which connector a already uses", "--set-json")]
     [InlineData("connectors=[{\"name\":\"a\"},{\"name\":\"a\"}]", "connector \"a\" is listed twice", "--set-json")]
