@@ -182,6 +182,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
                         _dataPlane = DataPlaneEndpoint.Create(new System.Net.IPEndPoint(System.Net.IPAddress.Any, 0), session.Certificate!,
                             System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(issued.CaPem), acceptConnections: false, _logger);
                         _dataPlane.Signal = SignalAsync;
+                        _dataPlane.DirectPaths = options.DirectPaths;
                         _dataPlaneReady.TrySetResult(_dataPlane);
                         ApplyRelays(ct);
                         break;

@@ -25,6 +25,9 @@ public sealed class ClientOptions
     /// <summary>Destinations that match no resource go straight out instead of being refused.</summary>
     public bool SplitTunnel { get; init; }
 
+    /// <summary>Whether connections look for a direct path beside the relay (on by default).</summary>
+    public bool DirectPaths { get; init; } = true;
+
     /// <summary>Where this client is, so it uses the nearest connector of each network; null when not set.</summary>
     public Ferry.Core.Model.GeoLocation? Location { get; init; }
 

@@ -149,6 +149,13 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
     /// selector that moves the connection between the two. <paramref name="firstFlow"/> (a <see cref="Stopwatch"/> timestamp)
     /// is when the first flow asked for the connection, for the time-to-direct figure.
     /// </summary>
+    /// <summary>Whether the client looks for direct paths; off keeps every connection relayed (for UDP-hostile networks, and for measuring the relay).</summary>
+    public bool DirectPaths
+    {
+        get => _ice.DirectPaths;
+        set => _ice.DirectPaths = value;
+    }
+
     public PathSelector SelectPaths(string connector, QuicConnection connection, long firstFlow)
     {
         var session = _ice.Start(connector);

@@ -93,6 +93,37 @@ public sealed class DirectPathTests
         TestContext.Current.TestOutputHelper?.WriteLine($"direct after {path.Value.GetProperty("directAfterMs")} ms: {after}" + Logs());
     }
 
+    [Fact]
+    public async Task With_direct_paths_turned_off_the_client_never_offers_and_stays_on_the_relay_saying_why()
+    {
+        await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);
+        await using var echo = new EchoServer(IPAddress.Loopback);
+        var port = echo.Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await using var deployment = await TestDeployment.StartAsync(controller, "127.0.0.1", port, Ct);
+        var state = Path.Combine(deployment.Directory, "client");
+        await using var client = FerryProcess.Start("client",
+            ["client", "--state", state, "up", "--controller", controller.Url, "--controller-fingerprint", controller.Fingerprint, "--socks", "off", "--forward", $"0=127.0.0.1:{port}", "--direct", "off"],
+            new Dictionary<string, string?> { ["FERRY_SERVICE_ACCOUNT_KEY"] = deployment.ServiceAccountKey });
+        var line = await client.WaitForLineAsync(l => l.Contains("] forward ", StringComparison.Ordinal) && l.Contains(" listening on ", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "the forward");
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(IPEndPoint.Parse(line[(line.LastIndexOf(' ') + 1)..]), Ct);
+        var payload = System.Security.Cryptography.RandomNumberGenerator.GetBytes(64 * 1024);
+        await tcp.GetStream().WriteAsync(payload, Ct);
+        var back = new byte[payload.Length];
+        await tcp.GetStream().ReadExactlyAsync(back, Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), Ct);
+        Assert.Equal(payload, back);
+
+        var path = await WaitAsync(async () => await PathAsync(state) is { } p && p.TryGetProperty("directFailure", out var why) && why.ValueKind == JsonValueKind.String ? (object)p : null, TimeSpan.FromSeconds(10));
+        var shown = Assert.IsType<JsonElement>(path);
+        Assert.Equal("relayed", shown.GetProperty("kind").GetString());
+        Assert.Contains("direct paths are turned off on this device", shown.GetProperty("directFailure").GetString(), StringComparison.Ordinal);
+        Assert.DoesNotContain("Direct path search with", client.Output, StringComparison.Ordinal);
+
+        var bad = await FerryCli.RunAsync(["client", "--state", state + "2", "up", "--controller", controller.Url, "--direct", "sometimes"]);
+        Assert.NotEqual(0, bad.ExitCode);
+        Assert.Contains("Argument 'sometimes' not recognized", bad.Stderr, StringComparison.Ordinal);
+    }
+
     private static async Task<JsonElement?> PathAsync(string state)
     {
         var status = await FerryCli.RunAsync(["client", "--state", state, "status"]);

@@ -58,6 +58,9 @@ public sealed partial class IceAgent : IAsyncDisposable
     /// Client: starts checks with <paramref name="peer"/>: gathers this end's candidates, offers them through signaling, and
     /// checks the peer's once its answer comes. The session runs until <see cref="Stop"/>.
     /// </summary>
+    /// <summary>Whether this end looks for direct paths at all; off keeps every connection on its relay (set before the first <see cref="Start"/>).</summary>
+    public bool DirectPaths { get; set; } = true;
+
     public IceSession Start(string peer)
     {
         if (!_controlling)
@@ -255,6 +258,12 @@ public sealed partial class IceAgent : IAsyncDisposable
     {
         var ct = entry.Cancel.Token;
         var session = entry.Session;
+        if (!DirectPaths)
+        {
+            // Without an offer the connector learns no address of ours and checks nothing: traffic stays on the relay.
+            entry.SignalingFailure = "direct paths are turned off on this device (ferry client up --direct off)";
+            return;
+        }
         try
         {
             int unanswered = 0;

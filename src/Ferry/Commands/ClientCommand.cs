@@ -43,9 +43,11 @@ internal static class ClientCommand
         var forward = new Option<string[]>("--forward") { Description = "LOCALPORT=HOST:PORT[/udp]: a loopback port whose connections (or, with /udp, datagrams) reach HOST:PORT (repeatable)" };
         var split = new Option<bool>("--split-tunnel") { Description = "Send destinations that match no resource straight out instead of refusing them" };
         var location = new Option<string?>("--location") { Description = "Where this device is, REGION or LAT,LON (or FERRY_LOCATION): it uses the nearest connector of each network" };
+        var direct = new Option<string>("--direct") { Description = "on (default): connections move to a direct UDP path when one works; off: they stay on the relay", DefaultValueFactory = _ => "on" };
+        direct.AcceptOnlyFromAmong("on", "off");
         var command = new Command("up", "Sign in and stay connected: receives the device certificate and what policy grants, and serves SOCKS5, HTTP CONNECT and port forwards on loopback.")
         {
-            controller, fingerprint, ca, user, passwordFile, keyFile, device, socks, http, forward, split, location,
+            controller, fingerprint, ca, user, passwordFile, keyFile, device, socks, http, forward, split, location, direct,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -79,6 +81,7 @@ internal static class ClientCommand
                 Forwards = [.. (parse.GetValue(forward) ?? []).Select(PortForwardSpec.Parse)],
                 SplitTunnel = parse.GetValue(split),
                 Location = where,
+                DirectPaths = parse.GetValue(direct) != "off",
             }, loggers);
             await daemon.RunAsync(ct);
             return 0;
