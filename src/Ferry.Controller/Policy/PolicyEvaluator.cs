@@ -12,7 +12,7 @@ namespace Ferry.Controller.Policy;
 public sealed class PolicyEvaluator(ControllerStore store, TimeProvider time)
 {
     /// <summary>What <paramref name="ownerKind"/>/<paramref name="ownerId"/> is granted; with <paramref name="deviceId"/>, grants its device may not use yet are marked locked.</summary>
-    public async Task<ResourceGrant[]> GrantsForAsync(string ownerKind, string ownerId, CancellationToken ct, string? deviceId = null)
+    public async Task<ResourceGrant[]> GrantsForAsync(string ownerKind, string ownerId, string? deviceId, CancellationToken ct)
     {
         var rows = await store.ListGrantedResourcesAsync(ownerKind, ownerId, ct);
         var mfaNetworks = (await store.ListNetworksAsync(ct)).Where(n => n.MfaIdleTimeoutS is not null).ToDictionary(n => n.Id, StringComparer.Ordinal);
@@ -68,7 +68,7 @@ public sealed class PolicyEvaluator(ControllerStore store, TimeProvider time)
             return $"network '{network.Name}' requires a second factor, which a service account cannot give: grant it resources of a network without --require-mfa";
         }
         var cutoff = time.GetUtcNow().ToUnixTimeMilliseconds() - (idle * 1000);
-        if ((await store.ListMfaSessionsAsync(ct, deviceId, network.Id)).Any(s => s.LastActivity >= cutoff))
+        if ((await store.ListMfaSessionsAsync(deviceId, network.Id, ct)).Any(s => s.LastActivity >= cutoff))
         {
             return null;
         }

@@ -97,7 +97,7 @@ public sealed partial class MfaSessions(ControllerStore store, SessionRegistry r
         var now = time.GetUtcNow().ToUnixTimeMilliseconds();
         var networks = (await store.ListNetworksAsync(ct)).Where(n => n.MfaIdleTimeoutS is not null).ToDictionary(n => n.Id, StringComparer.Ordinal);
         var live = new HashSet<(string, string)>();
-        foreach (var session in await store.ListMfaSessionsAsync(ct))
+        foreach (var session in await store.ListMfaSessionsAsync(null, null, ct))
         {
             if (!networks.TryGetValue(session.NetworkId, out var network))
             {

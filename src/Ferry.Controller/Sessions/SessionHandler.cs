@@ -256,7 +256,7 @@ public sealed class SessionHandler(
         }
         var pushResources = WhenChanged(socket, async () =>
         {
-            var grants = await policy.GrantsForAsync(device.OwnerKind, device.OwnerId, ct, device.Id);
+            var grants = await policy.GrantsForAsync(device.OwnerKind, device.OwnerId, device.Id, ct);
             return new ResourcesMessage(grants, await connectors.OnlineAsync(grants.Select(g => g.Network), ct));
         }, ct);
         await pushResources();

@@ -172,7 +172,7 @@ public sealed class ControllerStore(Database database)
         }, ct);
     }
 
-    public async Task<IReadOnlyList<MfaSessionRow>> ListMfaSessionsAsync(CancellationToken ct, string? deviceId = null, string? networkId = null)
+    public async Task<IReadOnlyList<MfaSessionRow>> ListMfaSessionsAsync(string? deviceId, string? networkId, CancellationToken ct)
     {
         await using var c = await OpenAsync(ct);
         return (await c.QueryAsync<MfaSessionRow>("""

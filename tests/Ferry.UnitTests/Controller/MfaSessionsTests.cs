@@ -58,7 +58,7 @@ public sealed class MfaSessionsTests : IAsyncLifetime
     public async Task A_device_is_locked_until_a_right_code_and_then_granted_by_device_identity()
     {
         var ct = CancellationToken.None;
-        var grants = await _policy.GrantsForAsync("user", "us_1", ct, "dv_1");
+        var grants = await _policy.GrantsForAsync("user", "us_1", "dv_1", ct);
         Assert.Contains("requires a second factor: run 'ferry client mfa'", grants.Single().Locked, StringComparison.Ordinal);
         var access = await _policy.AccessForNetworkAsync("net_1", ct);
         Assert.True(access.Network!.RequireMfa);
@@ -74,7 +74,7 @@ public sealed class MfaSessionsTests : IAsyncLifetime
         var right = await _mfa.ConfirmAsync(_device, code, ct);
         Assert.Equal(200, right.Status);
         Assert.Equal("corp", right.Result!.Networks.Single().Network);
-        Assert.Null((await _policy.GrantsForAsync("user", "us_1", ct, "dv_1")).Single().Locked);
+        Assert.Null((await _policy.GrantsForAsync("user", "us_1", "dv_1", ct)).Single().Locked);
         Assert.Equal(["device/dv_1"], await GranteesAsync());
         Assert.Null(await _policy.SecondFactorRefusalAsync("dv_1", "user", "us_1", _network, ct));
 
@@ -101,8 +101,8 @@ public sealed class MfaSessionsTests : IAsyncLifetime
         // Even before the sweep, the lapsed second factor no longer grants anything.
         Assert.Empty(await GranteesAsync());
         await _mfa.SweepAsync(ct);
-        Assert.Empty(await _store.ListMfaSessionsAsync(ct));
-        Assert.Contains("requires a second factor", (await _policy.GrantsForAsync("user", "us_1", ct, "dv_1")).Single().Locked, StringComparison.Ordinal);
+        Assert.Empty(await _store.ListMfaSessionsAsync(null, null, ct));
+        Assert.Contains("requires a second factor", (await _policy.GrantsForAsync("user", "us_1", "dv_1", ct)).Single().Locked, StringComparison.Ordinal);
     }
 
     [Fact]
