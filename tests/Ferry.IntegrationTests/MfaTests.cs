@@ -159,6 +159,9 @@ public sealed class MfaTests
         Assert.False(off.RequireMfa);
         var table = await controller.AdminAsync("network", "list");
         Assert.Contains("MFA", table, StringComparison.Ordinal);
+        await controller.AdminAsync("network", "set", "vault", "--require-mfa");
+        await controller.AdminAsync("network", "delete", "vault");
+        Assert.DoesNotContain("vault", await controller.AdminAsync("network", "list"), StringComparison.Ordinal);
 
         var env = controller.AdminEnv();
         env["FERRY_PASSWORD"] = "s3cret-password";
