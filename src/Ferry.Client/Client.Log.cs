@@ -24,4 +24,10 @@ internal static partial class Log
 
     [LoggerMessage(204, LogLevel.Information, "Local control socket at {Path}")]
     public static partial void ControlSocket(ILogger logger, string path);
+
+    [LoggerMessage(220, LogLevel.Information, "Second factor confirmed: unlocked {Networks}")]
+    public static partial void MfaConfirmed(ILogger logger, string networks);
+
+    [LoggerMessage(221, LogLevel.Warning, "Network {Network} is locked: {Reason}")]
+    public static partial void NetworkLocked(ILogger logger, string network, string reason);
 }

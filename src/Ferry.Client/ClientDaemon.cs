@@ -20,6 +20,9 @@ public sealed record ForwardRequest(string Spec);
 /// <summary>Where a forward added at run time listens.</summary>
 public sealed record ForwardAdded(string Listening);
 
+/// <summary>Body of POST /mfa on the control socket: a code from the user's authenticator app, passed on to the controller.</summary>
+public sealed record MfaRequest(string Code);
+
 /// <summary>What the running client reports on its control socket.</summary>
 public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths, Routing.NetworkRoute[] Routes, string? Location);
 
@@ -132,6 +135,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             try
             {
                 login ??= await SignInAsync(http, ct);
+                _deviceToken = login.DeviceToken;
             }
             catch (HttpRequestException e)
             {
@@ -325,11 +329,37 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         return login;
     }
 
+    private volatile string? _deviceToken;
+
+    /// <summary>
+    /// Passes a second-factor code to the controller, authenticated by this device's token; the controller checks it and unlocks
+    /// the networks that require one. The code goes nowhere else (not to the log).
+    /// </summary>
+    public async Task<(DeviceMfaResult? Result, string? Refusal)> ConfirmMfaAsync(string code, CancellationToken ct)
+    {
+        var token = _deviceToken ?? throw new InvalidOperationException("the client has not signed in yet: wait for it to reach the controller, then try again");
+        using var http = new HttpClient(options.Trust.CreateHandler()) { Timeout = TimeSpan.FromSeconds(15) };
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(options.Controller.Current, "/v1/device/mfa")) { Content = JsonContent.Create(new DeviceMfaRequest(code)) };
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        using var response = await http.SendAsync(request, ct);
+        if (!response.IsSuccessStatusCode)
+        {
+            return (null, (await ApiProblem.ReadAsync(response, ct)).Detail);
+        }
+        var result = await response.Content.ReadFromJsonAsync<DeviceMfaResult>(ct) ?? throw new InvalidDataException("empty answer to the second factor");
+        Log.MfaConfirmed(_logger, string.Join(", ", result.Networks.Select(n => $"{n.Network} (lapses after {n.IdleTimeoutSeconds} s without traffic)")));
+        return (result, null);
+    }
+
     private void SetResources(ResourceGrant[] resources)
     {
         _resources = resources;
         Routes.Update(resources);
-        Log.ResourcesChanged(_logger, resources.Length, string.Join(", ", resources.Select(r => r.Name)));
+        Log.ResourcesChanged(_logger, resources.Length, string.Join(", ", resources.Select(r => r.Locked is null ? r.Name : $"{r.Name} (locked)")));
+        foreach (var network in resources.Where(r => r.Locked is not null).GroupBy(r => r.Network))
+        {
+            Log.NetworkLocked(_logger, network.Key, network.First().Locked!);
+        }
     }
 
     public ClientStatus Status() => new(
@@ -370,6 +400,18 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         var app = builder.Build();
         app.MapGet("/status", () => Results.Ok(Status()));
         app.MapGet("/resources", () => Results.Ok(_resources));
+        app.MapPost("/mfa", async (MfaRequest request) =>
+        {
+            try
+            {
+                var (result, refusal) = await ConfirmMfaAsync(request.Code, ct);
+                return result is not null ? Results.Ok(result) : Results.Problem(refusal, statusCode: StatusCodes.Status400BadRequest);
+            }
+            catch (Exception e) when (e is InvalidOperationException or HttpRequestException or TaskCanceledException)
+            {
+                return Results.Problem($"cannot reach the controller to check the code: {e.Message}", statusCode: StatusCodes.Status502BadGateway);
+            }
+        });
         app.MapPost("/forwards", async (ForwardRequest request) =>
         {
             try

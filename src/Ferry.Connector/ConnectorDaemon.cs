@@ -33,11 +33,20 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
     private volatile ResourceGrant[] _resources = [];
     private volatile ResourceCheck[] _checks = [];
     private readonly SemaphoreSlim _accessChanged = new(0, 1);
+    // Devices whose flows carried bytes since the last activity report (networks requiring a second factor lapse it without).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _active = new(StringComparer.Ordinal);
+    // How often, at most, the controller hears which devices had traffic; well under any network's inactivity threshold.
+    private static readonly TimeSpan ActivityReportInterval = TimeSpan.FromSeconds(1);
 
     /// <summary>A flow in progress: whose it is, where it goes (once admitted), and how to end it.</summary>
-    private sealed class LiveFlow(string owner, CancellationTokenSource cancel)
+    private sealed class LiveFlow(string owner, string device, CancellationTokenSource cancel)
     {
         public string Owner { get; } = owner;
+
+        public string Device { get; } = device;
+
+        /// <summary>Whom the table grants: the device itself where a second factor is required (it holds one or not), else its owner.</summary>
+        public string GranteeIn(AccessTable table) => table.RequiresSecondFactor ? Device : Owner;
         public CancellationTokenSource Cancel { get; } = cancel;
         public volatile FlowHeader? Header;
 
@@ -62,6 +71,7 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var checks = Task.Run(() => CheckResourcesAsync(new Health.ResourceChecker(resolver, TimeSpan.FromSeconds(3)), stop.Token), CancellationToken.None);
         var reports = Task.Run(() => ReportStatusAsync(() => current, stop.Token), CancellationToken.None);
+        var activity = Task.Run(() => ReportActivityAsync(() => current, stop.Token), CancellationToken.None);
         loop.OnMessage = async (message, socket, sct) =>
         {
             current = socket;
@@ -141,7 +151,7 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         finally
         {
             await stop.CancelAsync();
-            await Task.WhenAll(checks, reports).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            await Task.WhenAll(checks, reports, activity).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             if (_dataPlane is not null)
             {
                 await _dataPlane.DisposeAsync();
@@ -215,6 +225,66 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
                 catch (Exception e) when (e is System.Net.WebSockets.WebSocketException or ObjectDisposedException or IOException or InvalidOperationException)
                 {
                     // Between sessions: the next one gets the status when it starts.
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    // Lock-free in the common case: every read and write of a flow lands here.
+    private void MarkActive(string device)
+    {
+        if (!_active.ContainsKey(device))
+        {
+            _active.TryAdd(device, 0);
+        }
+    }
+
+    /// <summary>
+    /// Tells the controller, at most every <see cref="ActivityReportInterval"/>, which devices had traffic, while the network
+    /// requires a second factor: the controller ends a device's second factor after the network's threshold without any.
+    /// </summary>
+    private async Task ReportActivityAsync(Func<SessionSocket?> session, CancellationToken ct)
+    {
+        using var timer = new PeriodicTimer(ActivityReportInterval);
+        var datagramsSeen = new Dictionary<QuicConnection, long>();
+        try
+        {
+            while (await timer.WaitForNextTickAsync(ct))
+            {
+                // UDP payloads ride datagrams, not the flow stream: a connection whose datagram count moved had UDP traffic.
+                foreach (var (connection, device) in _connections)
+                {
+                    var carried = QuicUdpDatagrams.For(connection).Carried;
+                    if (carried != datagramsSeen.GetValueOrDefault(connection))
+                    {
+                        _active.TryAdd(device, 0);
+                    }
+                    datagramsSeen[connection] = carried;
+                }
+                foreach (var gone in datagramsSeen.Keys.Where(c => !_connections.ContainsKey(c)).ToArray())
+                {
+                    datagramsSeen.Remove(gone);
+                }
+                if (_active.IsEmpty || !_access.RequiresSecondFactor || session() is not { } socket)
+                {
+                    _active.Clear();
+                    continue;
+                }
+                var devices = _active.Keys.ToArray();
+                foreach (var device in devices)
+                {
+                    _active.TryRemove(device, out _);
+                }
+                try
+                {
+                    await socket.SendAsync(new ActivityMessage(devices), ct);
+                }
+                catch (Exception e) when (e is System.Net.WebSockets.WebSocketException or ObjectDisposedException or IOException or InvalidOperationException)
+                {
+                    // Between sessions: traffic goes on, and the next report names these devices again.
                 }
             }
         }
@@ -309,7 +379,7 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         {
             if (flow.Header is { } header && Recheck(table, flow, header) is { IsAllowed: false } decision)
             {
-                Log.FlowRevoked(_logger, flow.Owner, header.ToString(), decision.Message);
+                Log.FlowRevoked(_logger, flow.GranteeIn(table), header.ToString(), decision.Message);
                 flow.Cancel.Cancel();
             }
         }
@@ -317,10 +387,11 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
 
     private static AccessDecision Recheck(AccessTable table, LiveFlow flow, FlowHeader header)
     {
-        var decision = table.Check(flow.Owner, header.Protocol, header.Host, header.Port);
+        var grantee = flow.GranteeIn(table);
+        var decision = table.Check(grantee, header.Protocol, header.Host, header.Port);
         // A name flow passed two checks when it opened: the name, and the address it resolved to (public or loopback ones need more).
         return decision.IsAllowed && flow.Dialled is { } address && !FlowHeader.TryGetAddress(header.Host, out _)
-            ? table.CheckResolved(flow.Owner, header.Protocol, decision.Resource!, header.Host, address, header.Port)
+            ? table.CheckResolved(grantee, header.Protocol, decision.Resource!, header.Host, address, header.Port)
             : decision;
     }
 
@@ -332,7 +403,12 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         var entries = access.Resources.Select(r => new AccessEntry("", r))
             .Concat(access.Grants.SelectMany(g => g.ResourceIds.Where(byId.ContainsKey).Select(id => new AccessEntry(g.Owner, byId[id]))));
         // Only an exit network's connector reaches public addresses; without settings (an older controller) it does not.
-        return new AccessTable(entries) { PublicDestinations = access.Network?.Exit ?? false, NetworkName = access.Network?.Name ?? "this network" };
+        return new AccessTable(entries)
+        {
+            PublicDestinations = access.Network?.Exit ?? false,
+            NetworkName = access.Network?.Name ?? "this network",
+            RequiresSecondFactor = access.Network?.RequireMfa ?? false,
+        };
     }
 
     private async Task AcceptLoopAsync(DataPlaneEndpoint dataPlane, FlowHandler flows, CancellationToken ct)
@@ -399,17 +475,20 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
             _ = Task.Run(async () =>
             {
                 using var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
-                var flow = new LiveFlow(owner, cancel);
+                var flow = new LiveFlow(owner, device, cancel);
                 _live[flow] = 0;
                 try
                 {
+                    var table = _access;
+                    await using var counted = new ActivityStream(stream, () => MarkActive(device));
                     await using (stream)
                     {
-                        await flows.HandleAsync(stream, s => { ((QuicStream)s).CompleteWrites(); return ValueTask.CompletedTask; }, owner, _access, cancel.Token, header =>
+                        await flows.HandleAsync(counted, _ => { stream.CompleteWrites(); return ValueTask.CompletedTask; }, flow.GranteeIn(table), table, cancel.Token, header =>
                         {
                             flow.Header = header;
                             // The table may have changed while the header was read: the newest one decides.
-                            if (!_access.Check(owner, header.Protocol, header.Host, header.Port).IsAllowed)
+                            var newest = _access;
+                            if (!newest.Check(flow.GranteeIn(newest), header.Protocol, header.Host, header.Port).IsAllowed)
                             {
                                 cancel.Cancel();
                             }

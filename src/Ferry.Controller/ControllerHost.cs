@@ -130,6 +130,8 @@ public static class ControllerHost
         builder.Services.AddSingleton<RelayDirectory>();
         builder.Services.AddSingleton<ConnectorDirectory>();
         builder.Services.AddSingleton<TicketService>();
+        builder.Services.AddSingleton<MfaSessions>();
+        builder.Services.AddHostedService(services => services.GetRequiredService<MfaSessions>());
         builder.Services.AddConsole(options, Path.GetFullPath(options.DataDirectory));
         builder.Services.AddProblemDetails();
         // Unreadable bodies throw, so ProblemMiddleware answers them with problem+json like every other refusal.
@@ -178,6 +180,7 @@ public static class ControllerHost
         app.MapConsole();
         app.MapRelayApi();
         app.MapDaemonApi();
+        app.MapDeviceMfaApi();
         app.Map("/v1/session", (HttpContext context, SessionHandler handler) => handler.HandleAsync(context));
 
         await StartReplicaBusAsync(app.Services.GetRequiredService<ReplicaBus>(), database, ct);

@@ -64,6 +64,7 @@ public static partial class AdminEndpoints
         api.MapPost("/users", CreateUserAsync);
         api.MapPatch("/users/{user}", SetUserPasswordAsync);
         api.MapDelete("/users/{user}", RemoveUserAsync);
+        MapUserMfa(api);
 
         api.MapGet("/groups", ListGroupsAsync);
         api.MapPost("/groups", CreateGroupAsync);
@@ -100,9 +101,14 @@ public static partial class AdminEndpoints
         {
             throw ApiException.Conflict($"a network named '{name}' exists already; pick another name");
         }
-        var row = new NetworkRow { Id = TokenFormat.NewId("net_"), Name = name, DnsServer = NullIfEmpty(request.DnsServer), IsExit = request.Exit ? 1 : 0, CreatedAt = Now(time) };
+        var mfa = MfaSetting(request.RequireMfa, request.MfaIdleTimeoutSeconds, null);
+        var row = new NetworkRow { Id = TokenFormat.NewId("net_"), Name = name, DnsServer = NullIfEmpty(request.DnsServer), IsExit = request.Exit ? 1 : 0, CreatedAt = Now(time), MfaIdleTimeoutS = mfa };
         await UniqueAsync(() => store.InsertNetworkAsync(row, ct), $"a network named '{name}' exists already");
-        await AuditAsync(http, store, time, "network.create", name, ct);
+        if (mfa is not null)
+        {
+            await store.SetNetworkMfaAsync(row.Id, mfa, ct);
+        }
+        await AuditAsync(http, store, time, "network.create", mfa is null ? name : $"{name} require-mfa idle={mfa}s", ct);
         return Results.Created($"/api/v1/networks/{row.Id}", ToView(row));
     }
 
@@ -125,8 +131,14 @@ public static partial class AdminEndpoints
                 throw ApiException.Conflict($"network '{row.Name}' holds public resources ({string.Join(", ", publicResources)}); remove them before it stops being an exit network");
             }
         }
+        if (request.RequireMfa == false && request.MfaIdleTimeoutSeconds is not null)
+        {
+            throw ApiException.BadRequest("--no-require-mfa and --mfa-idle-timeout contradict each other: give one of them");
+        }
+        var mfa = MfaSetting(request.RequireMfa ?? row.MfaIdleTimeoutS is not null, request.MfaIdleTimeoutSeconds, row.MfaIdleTimeoutS);
         await store.UpdateNetworkAsync(row.Id, dns, exit, ct);
-        await AuditAsync(http, store, time, "network.update", $"{row.Name} dns={dns ?? "host"} exit={(exit ? "yes" : "no")}", ct);
+        await store.SetNetworkMfaAsync(row.Id, mfa, ct);
+        await AuditAsync(http, store, time, "network.update", $"{row.Name} dns={dns ?? "host"} exit={(exit ? "yes" : "no")} mfa={(mfa is null ? "no" : $"idle {mfa}s")}", ct);
         sessions.NotifyPolicyChanged();
         return Results.Ok(ToView(await RequireNetworkAsync(store, row.Id, ct)));
     }
@@ -501,8 +513,9 @@ public static partial class AdminEndpoints
     private static async Task<IResult> ListUsersAsync(ControllerStore store, CancellationToken ct)
     {
         var memberships = await store.ListMembershipsAsync(ct);
+        var enrolled = await store.ListUsersWithTotpAsync(ct);
         return Results.Ok((await store.ListUsersAsync(ct)).Select(u =>
-            new UserView(u.Id, u.Name, [.. memberships.Where(m => m.UserId == u.Id).Select(m => m.GroupName)], Time(u.CreatedAt))));
+            new UserView(u.Id, u.Name, [.. memberships.Where(m => m.UserId == u.Id).Select(m => m.GroupName)], Time(u.CreatedAt), enrolled.Contains(u.Id))));
     }
 
     private static async Task<IResult> CreateUserAsync(UserCreateRequest request, ControllerStore store, TimeProvider time, HttpContext http, CancellationToken ct)
@@ -756,7 +769,8 @@ public static partial class AdminEndpoints
 
     private static string? NullIfEmpty(string? value) => string.IsNullOrWhiteSpace(value) ? null : value.Trim();
 
-    private static NetworkView ToView(NetworkRow n) => new(n.Id, n.Name, n.DnsServer, n.IsExit != 0, (int)n.Connectors, (int)n.Resources, Time(n.CreatedAt));
+    private static NetworkView ToView(NetworkRow n) => new(n.Id, n.Name, n.DnsServer, n.IsExit != 0, (int)n.Connectors, (int)n.Resources, Time(n.CreatedAt),
+        n.MfaIdleTimeoutS is not null, n.MfaIdleTimeoutS is { } idle ? (int)idle : null);
 
     private static ResourceView ToView(ResourceRow r) => new(r.Id, r.Name, r.NetworkName, r.Address, r.Kind, r.Tcp, r.Udp, Time(r.CreatedAt));
 

@@ -86,7 +86,7 @@ public static class DaemonEndpoints
             CreatedAt = now.ToUnixTimeMilliseconds(),
         };
         await store.InsertDeviceAsync(device, ct);
-        var grants = await policy.GrantsForAsync(ownerKind, ownerId, ct);
+        var grants = await policy.GrantsForAsync(ownerKind, ownerId, null, ct);
         return Results.Ok(new ClientLoginResult(device.Id, new PeerIdentity(PeerIdentity.Device, device.Id).ToString(), deviceToken, DateTimeOffset.FromUnixTimeMilliseconds(device.TokenExpiresAt), grants));
     }
 }

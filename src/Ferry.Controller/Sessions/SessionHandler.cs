@@ -27,6 +27,7 @@ public sealed class SessionHandler(
     TicketService tickets,
     ConnectorDirectory connectors,
     ReplicaBus replicas,
+    MfaSessions mfa,
     ControllerOptions options,
     TimeProvider time,
     ILogger<SessionHandler> logger)
@@ -167,6 +168,9 @@ public sealed class SessionHandler(
                         }
                         lastStatus = status;
                         break;
+                    case ActivityMessage activity when daemon.Kind == PeerIdentity.Connector:
+                        await mfa.RecordActivityAsync(daemon.NetworkId!, activity.Devices ?? [], loopCt);
+                        break;
                     case StunReportMessage report when daemon.Kind == PeerIdentity.Connector:
                         await store.UpdateStunAsync(daemon.Id, report.Status == "ok" ? "ok" : "failed", Truncate(report.MappedAddress ?? "", 64) is { Length: > 0 } m ? m : null,
                             JsonSerializer.Serialize(report.Relays.Take(32).ToArray()), report.Error is null ? null : Truncate(report.Error, 500), time.GetUtcNow().ToUnixTimeMilliseconds(), loopCt);
@@ -260,7 +264,7 @@ public sealed class SessionHandler(
         }
         var pushResources = WhenChanged(socket, async () =>
         {
-            var grants = await policy.GrantsForAsync(device.OwnerKind, device.OwnerId, ct);
+            var grants = await policy.GrantsForAsync(device.OwnerKind, device.OwnerId, device.Id, ct);
             return new ResourcesMessage(grants, await connectors.OnlineAsync(grants.Select(g => g.Network), ct));
         }, ct);
         await pushResources();

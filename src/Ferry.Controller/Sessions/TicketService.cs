@@ -1,12 +1,16 @@
 using Ferry.Controller.CertificateAuthority;
+using Ferry.Controller.Policy;
 using Ferry.Controller.Storage;
 using Ferry.Core.Security;
 using Ferry.Relay;
 
 namespace Ferry.Controller.Sessions;
 
-/// <summary>Issues relay tickets only for pairs policy lets talk: a device and a connector of a network holding a resource granted to the device's owner.</summary>
-public sealed class TicketService(ControllerStore store, DeploymentCertificateAuthority ca, TimeProvider time)
+/// <summary>
+/// Issues relay tickets only for pairs policy lets talk: a device and a connector of a network holding a resource granted to the
+/// device's owner, and, when the network requires a second factor, the device holding a live one.
+/// </summary>
+public sealed class TicketService(ControllerStore store, DeploymentCertificateAuthority ca, PolicyEvaluator policy, TimeProvider time)
 {
     public static readonly TimeSpan Lifetime = TimeSpan.FromHours(1);
 
@@ -67,6 +71,11 @@ public sealed class TicketService(ControllerStore store, DeploymentCertificateAu
         if (!granted.Any(r => r.NetworkId == connectorRow.NetworkId))
         {
             return (null, $"{device} may not reach {connector}: no resource of network '{connectorRow.NetworkName}' is granted to its owner");
+        }
+        if (await store.FindNetworkAsync(connectorRow.NetworkId!, ct) is { } network
+            && await policy.SecondFactorRefusalAsync(device.Id, ownerKind, ownerId, network, ct) is { } secondFactor)
+        {
+            return (null, secondFactor);
         }
         return ((device, connector), null);
     }

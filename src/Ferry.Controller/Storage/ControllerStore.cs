@@ -72,10 +72,10 @@ public sealed class ControllerStore(Database database)
     {
         await using var c = await OpenAsync(ct);
         return (await c.QueryAsync<NetworkRow>("""
-            SELECT n.id, n.name, n.dns_server, n.is_exit, n.created_at,
+            SELECT n.id, n.name, n.dns_server, n.is_exit, n.created_at, m.idle_timeout_s AS mfa_idle_timeout_s,
               (SELECT COUNT(*) FROM daemons d WHERE d.network_id = n.id) AS connectors,
               (SELECT COUNT(*) FROM resources r WHERE r.network_id = n.id) AS resources
-            FROM networks n ORDER BY n.name
+            FROM networks n LEFT JOIN network_mfa m ON m.network_id = n.id ORDER BY n.name
             """)).AsList();
     }
 
@@ -90,8 +90,130 @@ public sealed class ControllerStore(Database database)
 
     public async Task DeleteNetworkAsync(string id, CancellationToken ct)
     {
+        await InTransactionAsync(async (c, tx) =>
+        {
+            await c.ExecuteAsync("DELETE FROM mfa_sessions WHERE network_id = @id", new { id }, tx);
+            await c.ExecuteAsync("DELETE FROM network_mfa WHERE network_id = @id", new { id }, tx);
+            await c.ExecuteAsync("DELETE FROM networks WHERE id = @id", new { id }, tx);
+            return 0;
+        }, ct);
+    }
+
+    /// <summary>Makes a network require a second factor that lapses after <paramref name="idleTimeoutS"/> s without traffic, or (null) require none, ending its devices' second factors.</summary>
+    public async Task SetNetworkMfaAsync(string id, long? idleTimeoutS, CancellationToken ct)
+    {
+        await InTransactionAsync(async (c, tx) =>
+        {
+            if (idleTimeoutS is { } timeout)
+            {
+                await c.ExecuteAsync("""
+                    INSERT INTO network_mfa (network_id, idle_timeout_s) VALUES (@id, @timeout)
+                    ON CONFLICT (network_id) DO UPDATE SET idle_timeout_s = excluded.idle_timeout_s
+                    """, new { id, timeout }, tx);
+            }
+            else
+            {
+                await c.ExecuteAsync("DELETE FROM network_mfa WHERE network_id = @id", new { id }, tx);
+                await c.ExecuteAsync("DELETE FROM mfa_sessions WHERE network_id = @id", new { id }, tx);
+            }
+            return 0;
+        }, ct);
+    }
+
+    // ---- second factors of users, and devices' live second factors per network
+
+    public async Task<HashSet<string>> ListUsersWithTotpAsync(CancellationToken ct)
+    {
         await using var c = await OpenAsync(ct);
-        await c.ExecuteAsync("DELETE FROM networks WHERE id = @id", new { id });
+        return [.. await c.QueryAsync<string>("SELECT user_id FROM user_totp")];
+    }
+
+    public async Task<UserTotpRow?> GetUserTotpAsync(string userId, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return await c.QuerySingleOrDefaultAsync<UserTotpRow>("SELECT * FROM user_totp WHERE user_id = @userId", new { userId });
+    }
+
+    /// <summary>Enrols (or replaces) a user's TOTP secret; a replaced one stops working at once, and so do the second factors it gave.</summary>
+    public async Task SetUserTotpAsync(string userId, string? secret, long now, CancellationToken ct)
+    {
+        await InTransactionAsync(async (c, tx) =>
+        {
+            await c.ExecuteAsync("DELETE FROM user_totp WHERE user_id = @userId", new { userId }, tx);
+            await c.ExecuteAsync("DELETE FROM mfa_sessions WHERE device_id IN (SELECT id FROM devices WHERE owner_kind = 'user' AND owner_id = @userId)", new { userId }, tx);
+            if (secret is not null)
+            {
+                await c.ExecuteAsync("INSERT INTO user_totp (user_id, totp_secret, totp_last_step, enrolled_at) VALUES (@userId, @secret, 0, @now)", new { userId, secret, now }, tx);
+            }
+            return 0;
+        }, ct);
+    }
+
+    /// <summary>Marks a user's TOTP step used; false when it or a later one was used already (a replayed code, or a race between replicas).</summary>
+    public async Task<bool> ClaimUserTotpStepAsync(string userId, long step, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return await c.ExecuteAsync("UPDATE user_totp SET totp_last_step = @step WHERE user_id = @userId AND totp_last_step < @step", new { userId, step }) == 1;
+    }
+
+    /// <summary>Starts (or renews) a device's second factor for each of <paramref name="networkIds"/>, with no traffic yet.</summary>
+    public async Task StartMfaSessionsAsync(string deviceId, IEnumerable<string> networkIds, long now, CancellationToken ct)
+    {
+        await InTransactionAsync(async (c, tx) =>
+        {
+            foreach (var networkId in networkIds)
+            {
+                await c.ExecuteAsync("""
+                    INSERT INTO mfa_sessions (device_id, network_id, confirmed_at, last_activity) VALUES (@deviceId, @networkId, @now, @now)
+                    ON CONFLICT (device_id, network_id) DO UPDATE SET confirmed_at = excluded.confirmed_at, last_activity = excluded.last_activity
+                    """, new { deviceId, networkId, now }, tx);
+            }
+            return 0;
+        }, ct);
+    }
+
+    public async Task<IReadOnlyList<MfaSessionRow>> ListMfaSessionsAsync(string? deviceId, string? networkId, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return (await c.QueryAsync<MfaSessionRow>("""
+            SELECT * FROM mfa_sessions WHERE (@deviceId IS NULL OR device_id = @deviceId) AND (@networkId IS NULL OR network_id = @networkId)
+            ORDER BY device_id, network_id
+            """, new { deviceId, networkId })).AsList();
+    }
+
+    /// <summary>Devices with a second factor for <paramref name="networkId"/> that had traffic since <paramref name="activeSince"/>, with their owners ("user/us_…").</summary>
+    public async Task<IReadOnlyList<(string DeviceId, string Owner)>> ListMfaDevicesOfNetworkAsync(string networkId, long activeSince, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        var rows = await c.QueryAsync<(string, string, string)>("""
+            SELECT d.id, d.owner_kind, d.owner_id FROM mfa_sessions m JOIN devices d ON d.id = m.device_id
+            WHERE m.network_id = @networkId AND m.last_activity >= @activeSince ORDER BY d.id
+            """, new { networkId, activeSince });
+        return [.. rows.Select(r => (r.Item1, $"{r.Item2}/{r.Item3}"))];
+    }
+
+    /// <summary>Records traffic of <paramref name="deviceIds"/> in <paramref name="networkId"/>, which keeps their second factors there alive.</summary>
+    public async Task TouchMfaSessionsAsync(string networkId, IReadOnlyCollection<string> deviceIds, long now, CancellationToken ct)
+    {
+        if (deviceIds.Count == 0)
+        {
+            return;
+        }
+        await using var c = await OpenAsync(ct);
+        // One statement per device keeps the SQL the same for both engines (no array parameters in SQLite).
+        foreach (var deviceId in deviceIds)
+        {
+            await c.ExecuteAsync("UPDATE mfa_sessions SET last_activity = @now WHERE network_id = @networkId AND device_id = @deviceId AND last_activity < @now",
+                new { networkId, deviceId, now });
+        }
+    }
+
+    /// <summary>Ends one second factor if it still had no traffic since <paramref name="idleBefore"/>; false when traffic came meanwhile or another replica ended it.</summary>
+    public async Task<bool> EndIdleMfaSessionAsync(string deviceId, string networkId, long idleBefore, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return await c.ExecuteAsync("DELETE FROM mfa_sessions WHERE device_id = @deviceId AND network_id = @networkId AND last_activity < @idleBefore",
+            new { deviceId, networkId, idleBefore }) == 1;
     }
 
     // ---- daemons (connectors, relays)
@@ -393,6 +515,7 @@ public sealed class ControllerStore(Database database)
         await InTransactionAsync(async (c, tx) =>
         {
             await c.ExecuteAsync("DELETE FROM group_members WHERE user_id = @id", new { id }, tx);
+            await c.ExecuteAsync("DELETE FROM user_totp WHERE user_id = @id", new { id }, tx);
             await RevokeDevicesAsync(c, tx, "owner_id = @id", new { id, revokedAt, until });
             await c.ExecuteAsync("DELETE FROM users WHERE id = @id", new { id }, tx);
             return 0;
@@ -619,6 +742,7 @@ public sealed class ControllerStore(Database database)
             SELECT id, @revokedAt, @until FROM devices WHERE {where}
             ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at, until = excluded.until
             """, args, tx);
+        await c.ExecuteAsync($"DELETE FROM mfa_sessions WHERE device_id IN (SELECT id FROM devices WHERE {where})", args, tx);
         return await c.ExecuteAsync($"DELETE FROM devices WHERE {where}", args, tx);
     }
 

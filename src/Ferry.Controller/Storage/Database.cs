@@ -249,6 +249,20 @@ public sealed class Database : IAsyncDisposable
             id TEXT PRIMARY KEY,
             revoked_at BIGINT NOT NULL,
             until BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS network_mfa (
+            network_id TEXT PRIMARY KEY,
+            idle_timeout_s BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS user_totp (
+            user_id TEXT PRIMARY KEY,
+            totp_secret TEXT NOT NULL,
+            totp_last_step BIGINT NOT NULL DEFAULT 0,
+            enrolled_at BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS mfa_sessions (
+            device_id TEXT NOT NULL,
+            network_id TEXT NOT NULL,
+            confirmed_at BIGINT NOT NULL,
+            last_activity BIGINT NOT NULL,
+            PRIMARY KEY (device_id, network_id));
         CREATE TABLE IF NOT EXISTS audit (
             id {AUTOID},
             at BIGINT NOT NULL,

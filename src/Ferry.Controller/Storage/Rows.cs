@@ -10,6 +10,9 @@ public sealed class NetworkRow
     public string? DnsServer { get; set; }
     public long IsExit { get; set; }
     public long CreatedAt { get; set; }
+
+    /// <summary>Seconds without traffic after which a device's second factor lapses; null when the network requires none.</summary>
+    public long? MfaIdleTimeoutS { get; set; }
     public long Connectors { get; set; }
     public long Resources { get; set; }
 }
@@ -187,4 +190,22 @@ public sealed class AuditRow
     public string Actor { get; set; } = "";
     public string Action { get; set; } = "";
     public string Target { get; set; } = "";
+}
+
+/// <summary>A user's TOTP second factor: the secret (base32) and the last step used, so a code is good once.</summary>
+public sealed class UserTotpRow
+{
+    public string UserId { get; set; } = "";
+    public string TotpSecret { get; set; } = "";
+    public long TotpLastStep { get; set; }
+    public long EnrolledAt { get; set; }
+}
+
+/// <summary>A device's live second factor for one network: when it was given and when the device last had traffic there.</summary>
+public sealed class MfaSessionRow
+{
+    public string DeviceId { get; set; } = "";
+    public string NetworkId { get; set; } = "";
+    public long ConfirmedAt { get; set; }
+    public long LastActivity { get; set; }
 }

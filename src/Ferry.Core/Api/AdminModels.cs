@@ -6,13 +6,15 @@ namespace Ferry.Core.Api;
 // The admin API's bodies, shared by the controller and the 'ferry admin' CLI so the two cannot drift apart.
 
 /// <summary>Body of POST /api/v1/networks.</summary>
-public sealed record NetworkCreateRequest(string Name, string? DnsServer = null, bool Exit = false);
+/// <remarks>With <paramref name="RequireMfa"/>, devices need a fresh second factor, which lapses after <paramref name="MfaIdleTimeoutSeconds"/> without traffic (default 900).</remarks>
+public sealed record NetworkCreateRequest(string Name, string? DnsServer = null, bool Exit = false, bool RequireMfa = false, int? MfaIdleTimeoutSeconds = null);
 
 /// <summary>Changes a network's settings; a null field stays as it is, an empty DNS server clears it.</summary>
-public sealed record NetworkUpdateRequest(string? DnsServer = null, bool? Exit = null);
+public sealed record NetworkUpdateRequest(string? DnsServer = null, bool? Exit = null, bool? RequireMfa = null, int? MfaIdleTimeoutSeconds = null);
 
 /// <summary>A remote network as the admin API shows it.</summary>
-public sealed record NetworkView(string Id, string Name, string? DnsServer, bool Exit, int Connectors, int Resources, DateTimeOffset CreatedAt);
+/// <remarks><paramref name="MfaIdleTimeoutSeconds"/> is set only when <paramref name="RequireMfa"/> is.</remarks>
+public sealed record NetworkView(string Id, string Name, string? DnsServer, bool Exit, int Connectors, int Resources, DateTimeOffset CreatedAt, bool RequireMfa = false, int? MfaIdleTimeoutSeconds = null);
 
 /// <summary>Body of POST /api/v1/connectors.</summary>
 public sealed record ConnectorProvisionRequest(string Network, string? Name = null, string? Location = null);
@@ -98,7 +100,22 @@ public sealed record OperatorCreated(OperatorView Operator, string TotpSecret, s
 public sealed record UserCreateRequest(string Name, string Password);
 
 /// <summary>A user and the groups it belongs to.</summary>
-public sealed record UserView(string Id, string Name, string[] Groups, DateTimeOffset CreatedAt);
+public sealed record UserView(string Id, string Name, string[] Groups, DateTimeOffset CreatedAt, bool MfaEnrolled = false);
+
+/// <summary>A user with its second factor and its recent security events (failed second-factor codes and the like).</summary>
+public sealed record UserDetailView(string Id, string Name, string[] Groups, DateTimeOffset CreatedAt, bool MfaEnrolled, DateTimeOffset? MfaEnrolledAt, EventView[] Events);
+
+/// <summary>A user's new TOTP second factor, shown this once: typed into an authenticator app, or opened as the otpauth:// URI.</summary>
+public sealed record UserMfaEnrolled(string User, string TotpSecret, string TotpUri);
+
+/// <summary>Body of POST /v1/device/mfa (device token as bearer): a code from the user's authenticator app.</summary>
+public sealed record DeviceMfaRequest(string Code);
+
+/// <summary>A confirmed second factor: which networks it unlocks for this device, and after how many seconds without traffic each locks again.</summary>
+public sealed record DeviceMfaResult(string Device, MfaNetworkView[] Networks);
+
+/// <summary>One network a second factor unlocked, and its inactivity threshold.</summary>
+public sealed record MfaNetworkView(string Network, int IdleTimeoutSeconds);
 
 /// <summary>Body of POST /api/v1/groups.</summary>
 public sealed record GroupCreateRequest(string Name);

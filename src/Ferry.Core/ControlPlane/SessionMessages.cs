@@ -26,6 +26,7 @@ namespace Ferry.Core.ControlPlane;
 [JsonDerivedType(typeof(CandidatesMessage), "candidates")]
 [JsonDerivedType(typeof(PathReportMessage), "path-report")]
 [JsonDerivedType(typeof(ConnectorStatusMessage), "connector-status")]
+[JsonDerivedType(typeof(ActivityMessage), "activity")]
 public abstract record SessionMessage
 {
     public static string Serialize(SessionMessage message) => JsonSerializer.Serialize(message, SessionJsonContext.Default.SessionMessage);
@@ -104,6 +105,12 @@ public sealed record ConnectorRoute(string Identity, string Name, string? Locati
 public sealed record ConnectorStatusMessage(int Clients, int Flows, ResourceCheck[] Resources) : SessionMessage;
 
 /// <summary>
+/// Connector → controller, at most once a second while there is traffic: the devices ("device/dv_…") whose flows carried
+/// bytes since the last report. Sent only for a network that requires a second factor, whose sessions lapse without traffic.
+/// </summary>
+public sealed record ActivityMessage(string[] Devices) : SessionMessage;
+
+/// <summary>
 /// What one connector found for one resource: "ok" (resolves and answers), "unresolvable" (the name does not resolve),
 /// "unreachable" (nothing answers on its port) or "unchecked" (an address range or wildcard, which cannot be checked as one host).
 /// </summary>
@@ -171,14 +178,23 @@ public sealed record PathStatus(
 /// </summary>
 public sealed record AccessMessage(ResourceGrant[] Resources, OwnerGrants[] Grants, string[]? RevokedDevices = null, NetworkSettings? Network = null) : SessionMessage;
 
-/// <summary>A remote network's settings as its connectors apply them: the DNS server that resolves resource names (null: the connector host's own), and whether it is an exit network.</summary>
-public sealed record NetworkSettings(string Name, string? DnsServer, bool Exit);
+/// <summary>
+/// A remote network's settings as its connectors apply them: the DNS server that resolves resource names (null: the connector
+/// host's own), whether it is an exit network, and whether it requires a second factor. With <paramref name="RequireMfa"/> the
+/// access message's grants name devices ("device/dv_…" with a live second factor), not owners, and the connector checks flows
+/// by device; a connector that does not know this field finds no owner granted, so it refuses rather than lets through.
+/// </summary>
+public sealed record NetworkSettings(string Name, string? DnsServer, bool Exit, bool RequireMfa = false);
 
 /// <summary>The resources one owner ("user/us_…" or "service-account/sa_…") is granted.</summary>
 public sealed record OwnerGrants(string Owner, string[] ResourceIds);
 
-/// <summary>One resource as a client sees it: where it is and which ports it may use.</summary>
-public sealed record ResourceGrant(string Id, string Name, string Network, string Address, string Tcp, string Udp);
+/// <summary>
+/// One resource as a client sees it: where it is and which ports it may use. <paramref name="Locked"/>, when set, says why the
+/// controller refuses it to this device right now (its network requires a second factor the device has not given); the client
+/// only shows it, the controller and the connector refuse.
+/// </summary>
+public sealed record ResourceGrant(string Id, string Name, string Network, string Address, string Tcp, string Udp, string? Locked = null);
 
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(SessionMessage))]

@@ -55,6 +55,12 @@ public sealed class AccessTable
     /// <summary>The network named in refusals of public destinations.</summary>
     public string NetworkName { get; init; } = "this network";
 
+    /// <summary>
+    /// Whether the network requires a second factor: its grants then name devices with a live second factor, not owners, and a
+    /// device without one is told how to give it.
+    /// </summary>
+    public bool RequiresSecondFactor { get; init; }
+
     /// <summary>Decides whether <paramref name="identity"/> may open a <paramref name="protocol"/> flow to <paramref name="host"/>:<paramref name="port"/>.</summary>
     public AccessDecision Check(string identity, FlowProtocol protocol, string host, int port)
     {
@@ -162,7 +168,7 @@ public sealed class AccessTable
     }
 
     // Resources of equal specificity cover the same destinations, so any one of them that allows the flow is enough.
-    private static AccessDecision Decide(List<Resource> candidates, string identity, FlowProtocol protocol, int port)
+    private AccessDecision Decide(List<Resource> candidates, string identity, FlowProtocol protocol, int port)
     {
         Resource? granted = null;
         foreach (var resource in candidates)
@@ -176,6 +182,13 @@ public sealed class AccessTable
             {
                 return new AccessDecision(FlowStatus.Ok, $"allowed by resource {resource.Describe()}", resource.Grant);
             }
+        }
+        if (granted is null && RequiresSecondFactor)
+        {
+            return new AccessDecision(
+                FlowStatus.Denied,
+                $"network '{NetworkName}' requires a second factor, and {identity} has no live one (none given yet, or it lapsed without traffic): run 'ferry client mfa' on the device, then retry",
+                candidates[0].Grant);
         }
         if (granted is null)
         {

@@ -16,6 +16,7 @@ public sealed class UdpDatagramMux
     private readonly DatagramSender _send;
     private long _unknown;
     private long _malformed;
+    private long _carried;
     private volatile string? _closed;
 
     /// <param name="maxDatagramPayloadSize">The largest datagram the connection takes now (QUIC: MaxDatagramPayloadSize; 0 when the peer takes none).</param>
@@ -25,8 +26,15 @@ public sealed class UdpDatagramMux
         ArgumentNullException.ThrowIfNull(maxDatagramPayloadSize);
         ArgumentNullException.ThrowIfNull(send);
         _maxDatagramPayloadSize = maxDatagramPayloadSize;
-        _send = send;
+        _send = datagram =>
+        {
+            Interlocked.Increment(ref _carried);
+            return send(datagram);
+        };
     }
+
+    /// <summary>Datagrams of live flows received or sent so far; a change means the connection's UDP flows carry traffic (second factors lapse without it).</summary>
+    public long Carried => Interlocked.Read(ref _carried);
 
     /// <summary>Largest datagram (quarter stream id included) the connection takes now.</summary>
     public int MaxDatagramPayloadSize => _maxDatagramPayloadSize();
@@ -51,6 +59,7 @@ public sealed class UdpDatagramMux
         }
         if (_flows.TryGetValue(id, out var flow))
         {
+            Interlocked.Increment(ref _carried);
             flow.Deliver(datagram, offset);
         }
         else

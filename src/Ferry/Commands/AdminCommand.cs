@@ -37,21 +37,34 @@ internal static class AdminCommand
         var name = new Argument<string>("name") { Description = "Network name" };
         var dns = new Option<string?>("--dns-server") { Description = "DNS server (IP[:port]) that connectors of this network resolve names with" };
         var exit = new Option<bool>("--exit") { Description = "Mark as an exit network (public destinations leave from its connectors)" };
-        group.Subcommands.Add(Action(new Command("create", "Create a remote network.") { name, dns, exit }, async (p, c, ct) =>
-            Print(p, await c.PostAsync<NetworkView>("/api/v1/networks", new NetworkCreateRequest(p.GetValue(name)!, p.GetValue(dns), p.GetValue(exit)), ct), NetworkRows)));
+        var mfa = new Option<bool>("--require-mfa") { Description = "Devices need a fresh second factor ('ferry client mfa') to reach this network" };
+        var mfaIdle = new Option<int?>("--mfa-idle-timeout") { Description = "Seconds without traffic after which a device's second factor lapses (default 900; with --require-mfa)" };
+        group.Subcommands.Add(Action(new Command("create", "Create a remote network.") { name, dns, exit, mfa, mfaIdle }, async (p, c, ct) =>
+            Print(p, await c.PostAsync<NetworkView>("/api/v1/networks", new NetworkCreateRequest(p.GetValue(name)!, p.GetValue(dns), p.GetValue(exit), p.GetValue(mfa), p.GetValue(mfaIdle)), ct), NetworkRows)));
         group.Subcommands.Add(Action(new Command("list", "List remote networks."), async (p, c, ct) =>
             Print(p, await c.GetAsync<NetworkView[]>("/api/v1/networks", ct), NetworkRows)));
         var setName = new Argument<string>("network") { Description = "Network name or id" };
         var setDns = new Option<string?>("--dns-server") { Description = "DNS server (IP[:port]) for resource names; 'none' to use each connector host's resolver" };
         var setExit = new Option<bool?>("--exit") { Description = "true: an exit network (public destinations allowed); false: private destinations only" };
-        group.Subcommands.Add(Action(new Command("set", "Change a remote network's DNS server or exit flag; its connectors apply it at once.") { setName, setDns, setExit }, async (p, c, ct) =>
+        var setMfa = new Option<bool>("--require-mfa") { Description = "Devices need a fresh second factor ('ferry client mfa') to reach this network" };
+        var setNoMfa = new Option<bool>("--no-require-mfa") { Description = "Stop requiring a second factor" };
+        var setMfaIdle = new Option<int?>("--mfa-idle-timeout") { Description = "Seconds without traffic after which a device's second factor lapses" };
+        group.Subcommands.Add(Action(new Command("set", "Change a remote network's DNS server, exit flag or second-factor requirement; its connectors and clients apply it at once.")
+        {
+            setName, setDns, setExit, setMfa, setNoMfa, setMfaIdle,
+        }, async (p, c, ct) =>
         {
             var dnsValue = p.GetValue(setDns);
-            if (dnsValue is null && p.GetValue(setExit) is null)
+            if (p.GetValue(setMfa) && p.GetValue(setNoMfa))
             {
-                throw new CliException("nothing to change: give --dns-server or --exit", 2);
+                throw new CliException("--require-mfa and --no-require-mfa contradict each other: give one", 2);
             }
-            var request = new NetworkUpdateRequest(string.Equals(dnsValue, "none", StringComparison.OrdinalIgnoreCase) ? "" : dnsValue, p.GetValue(setExit));
+            bool? requireMfa = p.GetValue(setMfa) ? true : p.GetValue(setNoMfa) ? false : null;
+            if (dnsValue is null && p.GetValue(setExit) is null && requireMfa is null && p.GetValue(setMfaIdle) is null)
+            {
+                throw new CliException("nothing to change: give --dns-server, --exit, --require-mfa, --no-require-mfa or --mfa-idle-timeout", 2);
+            }
+            var request = new NetworkUpdateRequest(string.Equals(dnsValue, "none", StringComparison.OrdinalIgnoreCase) ? "" : dnsValue, p.GetValue(setExit), requireMfa, p.GetValue(setMfaIdle));
             return Print(p, await c.PatchAsync<NetworkView>($"/api/v1/networks/{Esc(p.GetValue(setName))}", request, ct), NetworkRows);
         }));
         var showName = new Argument<string>("network") { Description = "Network name or id" };
@@ -67,13 +80,18 @@ internal static class AdminCommand
     }
 
     private static IEnumerable<string?[]> NetworkRows(NetworkView[] all) =>
-        all.Select(n => new[] { n.Name, n.Id, n.DnsServer, n.Exit ? "yes" : "no", n.Connectors.ToString(System.Globalization.CultureInfo.InvariantCulture), n.Resources.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        all.Select(n => new[]
+        {
+            n.Name, n.Id, n.DnsServer, n.Exit ? "yes" : "no",
+            n.MfaIdleTimeoutSeconds is { } idle ? $"yes (idle {idle.ToString(System.Globalization.CultureInfo.InvariantCulture)} s)" : "no",
+            n.Connectors.ToString(System.Globalization.CultureInfo.InvariantCulture), n.Resources.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        });
 
     private static int Print(ParseResult p, NetworkView[] all, Func<NetworkView[], IEnumerable<string?[]>> rows)
-        => Emit(p, all, () => Output.Table(["NAME", "ID", "DNS", "EXIT", "CONNECTORS", "RESOURCES"], rows(all)));
+        => Emit(p, all, () => Output.Table(["NAME", "ID", "DNS", "EXIT", "MFA", "CONNECTORS", "RESOURCES"], rows(all)));
 
     private static int Print(ParseResult p, NetworkView one, Func<NetworkView[], IEnumerable<string?[]>> rows)
-        => Emit(p, one, () => Output.Table(["NAME", "ID", "DNS", "EXIT", "CONNECTORS", "RESOURCES"], rows([one])));
+        => Emit(p, one, () => Output.Table(["NAME", "ID", "DNS", "EXIT", "MFA", "CONNECTORS", "RESOURCES"], rows([one])));
 
     private static Command Connectors()
     {
@@ -278,6 +296,19 @@ internal static class AdminCommand
             await c.DeleteAsync($"/api/v1/users/{Esc(p.GetValue(removeName))}", ct);
             return Done(p, $"user '{p.GetValue(removeName)}' removed");
         }));
+        var showName = new Argument<string>("user") { Description = "User name or id" };
+        group.Subcommands.Add(Action(new Command("show", "Show a user: groups, second factor, and recent security events.") { showName }, async (p, c, ct) =>
+        {
+            var u = await c.GetAsync<UserDetailView>($"/api/v1/users/{Esc(p.GetValue(showName))}", ct);
+            return Emit(p, u, () =>
+            {
+                Console.WriteLine($"user:          {u.Name} ({u.Id})");
+                Console.WriteLine($"groups:        {string.Join(", ", u.Groups)}");
+                Console.WriteLine($"second factor: {(u.MfaEnrolledAt is { } at ? $"TOTP, enrolled {at.ToString("u", System.Globalization.CultureInfo.InvariantCulture)}" : "none")}");
+                Output.Table(["AT", "EVENT", "MESSAGE"], u.Events.Select(e => new[] { e.At.ToString("u", System.Globalization.CultureInfo.InvariantCulture), e.Kind, e.Message }));
+            });
+        }));
+        group.Subcommands.Add(UserMfa());
         return group;
     }
 
@@ -313,7 +344,31 @@ internal static class AdminCommand
     }
 
     private static void PrintUsers(UserView[] all)
-        => Output.Table(["NAME", "ID", "GROUPS"], all.Select(u => new[] { u.Name, u.Id, string.Join(",", u.Groups) }));
+        => Output.Table(["NAME", "ID", "GROUPS", "MFA"], all.Select(u => new[] { u.Name, u.Id, string.Join(",", u.Groups), u.MfaEnrolled ? "totp" : "none" }));
+
+    /// <summary>'ferry admin user mfa enrol|reset USER': a user's TOTP second factor, for networks created with --require-mfa.</summary>
+    private static Command UserMfa()
+    {
+        var group = new Command("mfa", "A user's TOTP second factor, needed for networks that require one.");
+        var enrolName = new Argument<string>("user") { Description = "User name or id" };
+        group.Subcommands.Add(Action(new Command("enrol", "Enrol a TOTP second factor for a user and print its secret (shown once) for an authenticator app.") { enrolName }, async (p, c, ct) =>
+        {
+            var enrolled = await c.PostAsync<UserMfaEnrolled>($"/api/v1/users/{Esc(p.GetValue(enrolName))}/mfa", new { }, ct);
+            return Emit(p, enrolled, () =>
+            {
+                Console.WriteLine($"second factor enrolled for user '{enrolled.User}'.");
+                Console.WriteLine($"TOTP secret (shown once; give it to the user for an authenticator app): {enrolled.TotpSecret}");
+                Console.WriteLine($"or open: {enrolled.TotpUri}");
+            });
+        }));
+        var resetName = new Argument<string>("user") { Description = "User name or id" };
+        group.Subcommands.Add(Action(new Command("reset", "Remove a user's second factor (a lost phone): its devices lose access to networks that require one until it is enrolled again.") { resetName }, async (p, c, ct) =>
+        {
+            await c.DeleteAsync($"/api/v1/users/{Esc(p.GetValue(resetName))}/mfa", ct);
+            return Done(p, $"second factor of user '{p.GetValue(resetName)}' removed");
+        }));
+        return group;
+    }
 
     private static Command ServiceAccounts()
     {

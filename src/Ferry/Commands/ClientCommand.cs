@@ -26,6 +26,7 @@ internal static class ClientCommand
         command.Subcommands.Add(Status());
         command.Subcommands.Add(Connect());
         command.Subcommands.Add(Forward());
+        command.Subcommands.Add(Mfa());
         return command;
     }
 
@@ -101,7 +102,7 @@ internal static class ClientCommand
                 Console.WriteLine(JsonSerializer.Serialize(resources, Output.Json));
                 return 0;
             }
-            Output.Table(["NAME", "NETWORK", "ADDRESS", "TCP", "UDP"], resources.Select(r => new[] { r.Name, r.Network, r.Address, r.Tcp, r.Udp }));
+            Output.Table(["NAME", "NETWORK", "ADDRESS", "TCP", "UDP", "LOCKED"], resources.Select(r => new[] { r.Name, r.Network, r.Address, r.Tcp, r.Udp, r.Locked ?? "" }));
             return 0;
         }));
         return command;
@@ -168,6 +169,57 @@ internal static class ClientCommand
                 }
                 var added = await response.Content.ReadFromJsonAsync<ForwardAdded>(ct) ?? throw new CliException("the client answered nothing");
                 Console.WriteLine($"forward {added.Listening} -> {parse.GetValue(target)}{(parse.GetValue(udp) ? " (UDP)" : "")}; it lasts as long as the running client");
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>
+    /// 'ferry client mfa [CODE]': gives the running client's controller a code from the user's authenticator app, which unlocks
+    /// networks that require a second factor for this device until it goes unused for the network's threshold.
+    /// </summary>
+    private static Command Mfa()
+    {
+        var code = new Argument<string?>("code") { Description = "The 6-digit code your authenticator app shows for Ferry (asked for when left out)", Arity = ArgumentArity.ZeroOrOne };
+        var command = new Command("mfa", "Confirm your second factor: unlocks networks that require one for this device.") { code };
+        command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
+        {
+            var state = parse.GetValue(State)!;
+            var given = parse.GetValue(code);
+            if (given is null)
+            {
+                if (!Console.IsInputRedirected)
+                {
+                    Console.Error.Write("Code from your authenticator app: ");
+                }
+                given = (await Console.In.ReadLineAsync(ct))?.Trim();
+                if (string.IsNullOrEmpty(given))
+                {
+                    throw new CliException("no code given: run 'ferry client mfa CODE' with the 6 digits your authenticator app shows", 2);
+                }
+            }
+            using var http = ClientControl.Connect(state);
+            HttpResponseMessage response;
+            try
+            {
+                response = await http.PostAsJsonAsync("/mfa", new MfaRequest(given), ct);
+            }
+            catch (HttpRequestException)
+            {
+                throw new CliException($"no client is running with state folder '{state}' (nothing answers on {ClientControl.SocketPath(state)}): start one with 'ferry client up'");
+            }
+            using (response)
+            {
+                if (!response.IsSuccessStatusCode)
+                {
+                    var problem = await Ferry.Core.Api.ApiProblem.ReadAsync(response, ct);
+                    throw new CliException($"second factor refused: {problem.Detail}");
+                }
+                var result = await response.Content.ReadFromJsonAsync<Ferry.Core.Api.DeviceMfaResult>(ct) ?? throw new CliException("the client answered nothing");
+                Console.WriteLine(result.Networks.Length == 0
+                    ? "second factor confirmed; no network requires one right now"
+                    : $"second factor confirmed: {string.Join(", ", result.Networks.Select(n => $"network '{n.Network}' unlocked until {n.IdleTimeoutSeconds} s pass without traffic"))}");
             }
             return 0;
         }));
