@@ -21,7 +21,7 @@ public sealed record ForwardRequest(string Spec);
 public sealed record ForwardAdded(string Listening);
 
 /// <summary>What the running client reports on its control socket.</summary>
-public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths, Routing.NetworkRoute[] Routes, string? Location);
+public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths, Routing.NetworkRoute[] Routes, string? Location, DateTimeOffset? ConnectedSince = null, string? LastError = null, DateTimeOffset? LastErrorAt = null);
 
 /// <summary>The client process: signs in, holds a controller session for its device certificate and grants, and answers local questions.</summary>
 public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
@@ -30,6 +30,8 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     private volatile ResourceGrant[] _resources = [];
     private ControllerSessionClient? _session;
     private volatile bool _connected;
+    private DateTimeOffset? _connectedSince;
+    private (string Error, DateTimeOffset At)? _lastError;
     private volatile RelayInfo[] _relays = [];
     private volatile DataPlaneEndpoint? _dataPlane;
     // Flows that start before the device certificate arrives wait on this rather than fail.
@@ -47,6 +49,9 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     public async Task RunAsync(CancellationToken ct)
     {
         await using var control = await StartControlSocketAsync(ct);
+        ClientMetrics.ObservePaths(() => Opener?.Paths ?? []);
+        await using var ops = options.MetricsListen is null ? null
+            : await Core.Operations.OpsServer.StartAsync(options.MetricsListen, [ClientMetrics.MeterName], new Core.Operations.DelegateReadiness(NotReadyBecause), _logger, ct);
         Routes.SplitTunnel = options.SplitTunnel;
         using var stopReports = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var reports = Task.Run(() => ReportPathsAsync(stopReports.Token), CancellationToken.None);
@@ -137,6 +142,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             {
                 var unreachable = options.Controller.Current;
                 options.Controller.MoveNext(unreachable);
+                _lastError = ($"unreachable: cannot reach the controller at {unreachable}: {e.Message}", DateTimeOffset.UtcNow);
                 Log.SessionEnded(_logger, "unreachable", $"cannot reach the controller at {unreachable}: {e.Message}", backoff);
                 await DelayAsync(backoff, ct);
                 backoff = Next(backoff);
@@ -160,6 +166,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             _session.OnWelcome = (_, _, _) =>
             {
                 _connected = true;
+                _connectedSince = DateTimeOffset.UtcNow;
                 backoff = TimeSpan.FromSeconds(1);
                 return Task.CompletedTask;
             };
@@ -197,6 +204,8 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             };
             var outcome = await _session.RunAsync(login.DeviceToken, ct);
             _connected = false;
+            _connectedSince = null;
+            _lastError = ($"{outcome.Code}: {outcome.Reason}", DateTimeOffset.UtcNow);
             if (outcome.Refused)
             {
                 Log.Refused(_logger, outcome.Code, outcome.Reason);
@@ -346,7 +355,16 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         [.. Opener?.ConnectedTo ?? []],
         [.. Opener?.Paths ?? []],
         [.. Opener?.Routes ?? []],
-        options.Location?.Text);
+        options.Location?.Text,
+        _connectedSince,
+        _lastError?.Error,
+        _lastError?.At);
+
+    /// <summary>Ready means signed in with a live controller session; null then, otherwise why not.</summary>
+    private string? NotReadyBecause()
+        => _session is null ? "not signed in yet" + (_lastError is { } e ? $" ({e.Error})" : "")
+            : !_connected ? $"no session with the controller ({_lastError?.Error ?? "connecting"})"
+            : null;
 
     /// <summary>Serves GET /status and /resources on a Unix socket only the owner can open.</summary>
     private async Task<WebApplication> StartControlSocketAsync(CancellationToken ct)
