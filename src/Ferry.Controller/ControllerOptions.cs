@@ -37,6 +37,9 @@ public sealed class ControllerOptions
     /// <summary>Names this process among replicas sharing one database.</summary>
     public string ReplicaId { get; set; } = Environment.MachineName;
 
+    /// <summary>IP:PORT of a plain-HTTP listener for /healthz, /readyz and /metrics; off when unset.</summary>
+    public string? MetricsListen { get; set; }
+
     /// <summary>The public URL daemons are told to use in deploy instructions; derived from the listen address when unset.</summary>
     public string? PublicUrl { get; set; }
 }

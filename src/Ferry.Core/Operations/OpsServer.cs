@@ -12,6 +12,7 @@ using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 
 namespace Ferry.Core.Operations;
 
@@ -90,7 +91,10 @@ public static partial class OpsServer
 
     /// <summary>Exports <paramref name="meters"/> (and the runtime's own, for memory and GC) to the Prometheus scraping endpoint.</summary>
     public static void AddMetrics(IServiceCollection services, string[] meters)
-        => services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(meters).AddMeter("System.Runtime").AddPrometheusExporter());
+        => services.AddOpenTelemetry()
+            // "Ferry.Relay" → service_name "ferry-relay", so one Prometheus job can tell the parts apart.
+            .ConfigureResource(r => r.AddService(meters.Length > 0 ? meters[0].Replace('.', '-').ToLowerInvariant() : "ferry"))
+            .WithMetrics(m => m.AddMeter(meters).AddMeter("System.Runtime").AddPrometheusExporter());
 
     private static Task WriteAsync(HttpContext context, object body)
     {

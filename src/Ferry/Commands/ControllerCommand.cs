@@ -20,9 +20,10 @@ internal static class ControllerCommand
         var accessLifetime = new Option<double?>("--access-token-lifetime") { Description = "Seconds an access token stays valid", Hidden = true };
         var certificateLifetime = new Option<double?>("--certificate-lifetime") { Description = "Seconds a daemon or device certificate stays valid", Hidden = true };
         var consoleIdle = new Option<double?>("--console-idle-timeout") { Description = "Seconds an unused admin console session lasts (default 1800)" };
+        var metrics = OpsOptions.MetricsListen();
         var command = new Command("controller", "Run the controller: admin API, daemon sessions and certificate authority.")
         {
-            data, listen, database, tlsCert, tlsKey, trustedProxy, heartbeat, publicUrl, replica, accessLifetime, certificateLifetime, consoleIdle,
+            data, listen, database, tlsCert, tlsKey, trustedProxy, heartbeat, publicUrl, replica, accessLifetime, certificateLifetime, consoleIdle, metrics,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -35,6 +36,7 @@ internal static class ControllerCommand
                 TlsKeyPath = parse.GetValue(tlsKey),
                 HeartbeatInterval = TimeSpan.FromSeconds(parse.GetValue(heartbeat)),
                 PublicUrl = parse.GetValue(publicUrl),
+                MetricsListen = OpsOptions.ParseMetricsListen(parse, metrics)?.ToString(),
             };
             if (parse.GetValue(replica) is { } r)
             {
