@@ -24,6 +24,9 @@ public sealed class ControllerInstance : IAsyncDisposable
     public string Fingerprint { get; private set; } = "";
     public string ApiKey { get; private set; } = "";
 
+    /// <summary>The PostgreSQL connection string the controller runs on; null for SQLite.</summary>
+    public string? DatabaseConnectionString => _database.ConnectionString;
+
     private string[] _extra = [];
 
     /// <summary>The network namespace the controller (and every admin command) runs in; null for the test's own.</summary>

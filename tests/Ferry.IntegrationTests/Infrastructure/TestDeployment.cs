@@ -22,7 +22,8 @@ public sealed class TestDeployment : IAsyncDisposable
     /// Network "corp" with resource "svc" (<paramref name="address"/>, TCP <paramref name="tcpPorts"/>, and UDP <paramref name="udpPorts"/>
     /// when given) granted to service account "app".
     /// </summary>
-    public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct, string? udpPorts = null)
+    /// <remarks><paramref name="connectorArgs"/> go to the connector's command line as they are.</remarks>
+    public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct, string? udpPorts = null, string[]? connectorArgs = null)
     {
         var dir = System.IO.Directory.CreateTempSubdirectory("ferry-dp-").FullName;
         var relay = await StartRelayAsync(controller, dir, ct);
@@ -30,7 +31,7 @@ public sealed class TestDeployment : IAsyncDisposable
         await controller.AdminAsync(["resource", "add", address, "--network", "corp", "--name", "svc", "--tcp", tcpPorts, .. udpPorts is null ? Array.Empty<string>() : ["--udp", udpPorts]]);
         var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
         await controller.AdminAsync("policy", "grant", "svc", "--service-account", "app");
-        var connector = controller.StartConnector(await controller.ProvisionAsync("corp", "c1", dir));
+        var connector = controller.StartConnector(await controller.ProvisionAsync("corp", "c1", dir), connectorArgs ?? []);
         await controller.WaitForConnectorAsync("c1", v => v.State == "online" && v.Stun.Status == "ok", TimeSpan.FromSeconds(30), "online with STUN done");
         return new TestDeployment(relay, connector, account.GetProperty("key").GetString()!, dir);
     }
