@@ -129,10 +129,12 @@ public sealed class OperationsTests
         var states = Directory.CreateTempSubdirectory("ferry-states-").FullName;
         var connectorState = Path.Combine(states, "connector");
         var clientState = Path.Combine(states, "client");
-        var noRelay = Path.Combine(states, "relay");
+        var relayState = Path.Combine(states, "relay");
+        var noRelay = Path.Combine(states, "no-relay");
         await using var deployment = await TestDeployment.StartAsync(controller, "127.0.0.1", port, Ct,
-            connectorArgs: ["--state", connectorState, "--metrics-listen", "127.0.0.1:0"]);
+            connectorArgs: ["--state", connectorState, "--metrics-listen", "127.0.0.1:0"], relayArgs: ["--state", relayState, "--metrics-listen", "127.0.0.1:0"]);
         var connectorMetrics = await MetricsUrlAsync(deployment.Connector);
+        var relayMetrics = await MetricsUrlAsync(deployment.Relay);
         await using var client = FerryProcess.Start("client",
             ["client", "--state", clientState, "up", "--controller", controller.Url, "--controller-fingerprint", controller.Fingerprint, "--socks", "off", "--metrics-listen", "127.0.0.1:0"],
             new Dictionary<string, string?> { ["FERRY_SERVICE_ACCOUNT_KEY"] = deployment.ServiceAccountKey });
@@ -169,6 +171,11 @@ public sealed class OperationsTests
         Assert.Equal(payload.Length, await ScrapeAsync(connectorMetrics, "ferry_connector_bytes_total", ("direction", "to_resource")));
         Assert.Equal(1, await ScrapeAsync(connectorMetrics, "ferry_connector_flows_total", ("protocol", "tcp"), ("outcome", "ok")));
         await WaitForMetricAsync(connectorMetrics, "ferry_connector_flows_active", v => v == 0);
+        // Client and connector each bind the pair's ticket on the relay, and each holds a link to it.
+        Assert.True(await ScrapeAsync(relayMetrics, "ferry_relay_tickets_bound_total") >= 2);
+        Assert.Equal(2, await ScrapeAsync(relayMetrics, "ferry_relay_links_active"));
+        Assert.True(await ScrapeAsync(relayMetrics, "ferry_relay_bytes_total", ("direction", "in")) > 2 * payload.Length);
+        Assert.Equal(HttpStatusCode.OK, (await plain.GetAsync(new Uri(relayMetrics, "/readyz"), Ct)).StatusCode);
 
         // 'ferry status' over the default folders (set through the environment here) shows both and says the relay is missing.
         var env = new Dictionary<string, string?> { ["FERRY_CLIENT_STATE"] = clientState, ["FERRY_CONNECTOR_STATE"] = connectorState, ["FERRY_RELAY_STATE"] = noRelay };
@@ -195,6 +202,13 @@ public sealed class OperationsTests
         Assert.True(connectorStatus.GetProperty("connected").GetBoolean());
         Assert.Equal(0, connectorStatus.GetProperty("flows").GetInt32());
         Assert.StartsWith("relay/rl_", connectorStatus.GetProperty("relayLinks").EnumerateArray().Select(r => r.GetString()).Single(), StringComparison.Ordinal);
+
+        var relayJson = await FerryCli.RunAsync(["status", "--state", relayState, "--json"]);
+        var relayStatus = Assert.Single(JsonDocument.Parse(relayJson.Stdout).RootElement.EnumerateArray()).GetProperty("status");
+        Assert.Equal("r1", relayStatus.GetProperty("name").GetString());
+        Assert.Equal(2, relayStatus.GetProperty("flows").GetInt32());
+        Assert.Contains(relayStatus.GetProperty("listeners").EnumerateArray(), l => l.GetString()!.StartsWith("relay 127.0.0.1:", StringComparison.Ordinal));
+        Assert.True(relayStatus.GetProperty("counters").GetProperty("tickets_bound").GetInt64() >= 2);
 
         var nothing = await FerryCli.RunAsync(["status", "--state", noRelay]);
         Assert.Equal(3, nothing.ExitCode);

@@ -280,12 +280,14 @@ public static partial class AdminEndpoints
             Wants=network-online.target
 
             [Service]
-            ExecStart=/usr/local/bin/{plain}
+            ExecStart=/usr/local/bin/{plain} --state /run/ferry-{part}-{file.Name}
             Restart=always
             RestartSec=2
             # Its own throw-away user, owning only /var/lib/ferry (where the tokens rotate); the rest of the system read-only.
             DynamicUser=yes
             StateDirectory=ferry
+            # The control socket 'ferry status --state /run/ferry-{part}-{file.Name}' asks.
+            RuntimeDirectory=ferry-{part}-{file.Name}
             UMask=0077
             NoNewPrivileges=yes
             ProtectSystem=strict

@@ -71,7 +71,14 @@ public static partial class LocalControl
     /// </summary>
     public static async Task<WebApplication> StartAsync(string stateDirectory, string kind, Func<object> status, ILogger logger, CancellationToken ct)
     {
-        Directory.CreateDirectory(stateDirectory);
+        try
+        {
+            Directory.CreateDirectory(stateDirectory);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InvalidOperationException($"cannot create the state folder '{stateDirectory}' for the {kind}'s control socket ({e.Message}): give a writable one with --state or FERRY_{kind.ToUpperInvariant()}_STATE", e);
+        }
         var socketPath = SocketPath(stateDirectory, kind);
         if (File.Exists(socketPath))
         {

@@ -22,11 +22,11 @@ public sealed class TestDeployment : IAsyncDisposable
     /// Network "corp" with resource "svc" (<paramref name="address"/>, TCP <paramref name="tcpPorts"/>, and UDP <paramref name="udpPorts"/>
     /// when given) granted to service account "app".
     /// </summary>
-    /// <remarks><paramref name="connectorArgs"/> go to the connector's command line as they are.</remarks>
-    public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct, string? udpPorts = null, string[]? connectorArgs = null)
+    /// <remarks><paramref name="connectorArgs"/> and <paramref name="relayArgs"/> go to those daemons' command lines as they are.</remarks>
+    public static async Task<TestDeployment> StartAsync(ControllerInstance controller, string address, string tcpPorts, CancellationToken ct, string? udpPorts = null, string[]? connectorArgs = null, string[]? relayArgs = null)
     {
         var dir = System.IO.Directory.CreateTempSubdirectory("ferry-dp-").FullName;
-        var relay = await StartRelayAsync(controller, dir, ct);
+        var relay = await StartRelayAsync(controller, dir, ct, relayArgs ?? []);
         await controller.AdminAsync("network", "create", "corp");
         await controller.AdminAsync(["resource", "add", address, "--network", "corp", "--name", "svc", "--tcp", tcpPorts, .. udpPorts is null ? Array.Empty<string>() : ["--udp", udpPorts]]);
         var account = await controller.AdminJsonAsync<JsonElement>("service-account", "create", "app");
@@ -37,11 +37,11 @@ public sealed class TestDeployment : IAsyncDisposable
     }
 
     /// <summary>Provisions relay "r1" and runs it on loopback until it accepts links.</summary>
-    public static async Task<FerryProcess> StartRelayAsync(ControllerInstance controller, string directory, CancellationToken ct)
+    public static async Task<FerryProcess> StartRelayAsync(ControllerInstance controller, string directory, CancellationToken ct, params string[] extra)
     {
         var relayTokens = Path.Combine(directory, "relay.json");
         await File.WriteAllTextAsync(relayTokens, await controller.AdminAsync("relay", "provision", "--name", "r1", "--json"), ct);
-        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+        var relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0", .. extra]);
         await relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
         return relay;
     }
