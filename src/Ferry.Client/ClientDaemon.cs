@@ -1,4 +1,5 @@
 using System.Net.Http.Json;
+using System.Runtime.CompilerServices;
 using Ferry.Core.Api;
 using Ferry.Core.ControlPlane;
 using Ferry.Client.Access;
@@ -30,8 +31,21 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     private volatile ResourceGrant[] _resources = [];
     private ControllerSessionClient? _session;
     private volatile bool _connected;
-    private DateTimeOffset? _connectedSince;
-    private (string Error, DateTimeOffset At)? _lastError;
+    // Written by the session loop, read by status and readiness on other threads: references, so no read is torn.
+    private volatile StrongBox<DateTimeOffset>? _connectedSinceBox;
+    private volatile Tuple<string, DateTimeOffset>? _lastErrorBox;
+
+    private DateTimeOffset? SessionSince
+    {
+        get => _connectedSinceBox?.Value;
+        set => _connectedSinceBox = value is { } v ? new StrongBox<DateTimeOffset>(v) : null;
+    }
+
+    private (string Error, DateTimeOffset At)? SessionError
+    {
+        get => _lastErrorBox is { } e ? (e.Item1, e.Item2) : null;
+        set => _lastErrorBox = value is { } v ? Tuple.Create(v.Error, v.At) : null;
+    }
     private volatile RelayInfo[] _relays = [];
     private volatile DataPlaneEndpoint? _dataPlane;
     // Flows that start before the device certificate arrives wait on this rather than fail.
@@ -142,7 +156,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             {
                 var unreachable = options.Controller.Current;
                 options.Controller.MoveNext(unreachable);
-                _lastError = ($"unreachable: cannot reach the controller at {unreachable}: {e.Message}", DateTimeOffset.UtcNow);
+                SessionError = ($"unreachable: cannot reach the controller at {unreachable}: {e.Message}", DateTimeOffset.UtcNow);
                 Log.SessionEnded(_logger, "unreachable", $"cannot reach the controller at {unreachable}: {e.Message}", backoff);
                 await DelayAsync(backoff, ct);
                 backoff = Next(backoff);
@@ -166,7 +180,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             _session.OnWelcome = (_, _, _) =>
             {
                 _connected = true;
-                _connectedSince = DateTimeOffset.UtcNow;
+                SessionSince = DateTimeOffset.UtcNow;
                 backoff = TimeSpan.FromSeconds(1);
                 return Task.CompletedTask;
             };
@@ -204,8 +218,8 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             };
             var outcome = await _session.RunAsync(login.DeviceToken, ct);
             _connected = false;
-            _connectedSince = null;
-            _lastError = ($"{outcome.Code}: {outcome.Reason}", DateTimeOffset.UtcNow);
+            SessionSince = null;
+            SessionError = ($"{outcome.Code}: {outcome.Reason}", DateTimeOffset.UtcNow);
             if (outcome.Refused)
             {
                 Log.Refused(_logger, outcome.Code, outcome.Reason);
@@ -356,14 +370,14 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         [.. Opener?.Paths ?? []],
         [.. Opener?.Routes ?? []],
         options.Location?.Text,
-        _connectedSince,
-        _lastError?.Error,
-        _lastError?.At);
+        SessionSince,
+        SessionError?.Error,
+        SessionError?.At);
 
     /// <summary>Ready means signed in with a live controller session; null then, otherwise why not.</summary>
     private string? NotReadyBecause()
-        => _session is null ? "not signed in yet" + (_lastError is { } e ? $" ({e.Error})" : "")
-            : !_connected ? $"no session with the controller ({_lastError?.Error ?? "connecting"})"
+        => _session is null ? "not signed in yet" + (SessionError is { } e ? $" ({e.Error})" : "")
+            : !_connected ? $"no session with the controller ({SessionError?.Error ?? "connecting"})"
             : null;
 
     /// <summary>Serves GET /status and /resources on a Unix socket only the owner can open.</summary>

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Http.Json;
+using System.Runtime.CompilerServices;
 using Ferry.Core.Api;
 using Ferry.Core.Security;
 using Ferry.Core.Tokens;
@@ -29,11 +30,23 @@ public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, C
     /// <summary>Called once each session is accepted.</summary>
     public Func<WelcomeMessage, SessionSocket, CancellationToken, Task>? OnWelcome { get; set; }
 
+    // Written by the session loop, read by status and readiness on other threads: references, so no read is torn.
+    private volatile StrongBox<DateTimeOffset>? _connectedSince;
+    private volatile Tuple<string, DateTimeOffset>? _lastError;
+
     /// <summary>Since when the current session is up; null while there is none.</summary>
-    public DateTimeOffset? ConnectedSince { get; private set; }
+    public DateTimeOffset? ConnectedSince
+    {
+        get => _connectedSince?.Value;
+        private set => _connectedSince = value is { } v ? new StrongBox<DateTimeOffset>(v) : null;
+    }
 
     /// <summary>Why the last session ended or could not start ("code: reason"), and when; null before any failure.</summary>
-    public (string Error, DateTimeOffset At)? LastError { get; private set; }
+    public (string Error, DateTimeOffset At)? LastError
+    {
+        get => _lastError is { } e ? (e.Item1, e.Item2) : null;
+        private set => _lastError = value is { } v ? Tuple.Create(v.Error, v.At) : null;
+    }
 
     /// <summary>The controller URL sessions and refreshes use now.</summary>
     public Uri CurrentController => controllers.Current;
