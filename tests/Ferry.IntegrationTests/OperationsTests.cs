@@ -59,6 +59,30 @@ public sealed class OperationsTests
             Assert.Contains("token-reuse", table.Stdout, StringComparison.Ordinal);
             var badSince = await controller.AdminRawAsync("security-events", "--since", "yesterday-ish");
             Assert.Equal("error: since 'yesterday-ish' is not a time: give ISO 8601, for example 2026-01-31T12:00:00Z", badSince.Stderr.Trim());
+
+            // A copy of the current tokens while the first process holds the session: refused as in use, and kept trying.
+            var currentCopy = Path.Combine(dir, "current.tokens.json");
+            File.Copy(tokensPath, currentCopy);
+            await using (var copy2 = controller.StartConnector(currentCopy))
+            {
+                await WaitForMetricAsync(metrics, "ferry_controller_refusals_total", v => v >= 1, ("reason", "in-use"), ("stage", "refresh"));
+            }
+            var inUse = (await http.GetFromJsonAsync<SecurityEventView[]>("/api/v1/security-events?kind=token-in-use", ControllerInstance.Json, Ct))!;
+            Assert.NotEmpty(inUse);
+            Assert.All(inUse, e => Assert.Equal(online.Id, e.Subject));
+        }
+
+        // A connector whose clock is 30 s off is refused at the session, and that is a security event about it.
+        var skewedTokens = await controller.ProvisionAsync("corp", "c2", dir);
+        var skewedId = TokenFile.Read(skewedTokens).Id;
+        await using (var skewed = controller.StartConnector(skewedTokens, "--test-clock-skew", "30"))
+        {
+            await WaitForMetricAsync(metrics, "ferry_controller_refusals_total", v => v >= 1, ("reason", "clock-skew"), ("stage", "session"));
+        }
+        using (var http = controller.Http())
+        {
+            var clock = (await http.GetFromJsonAsync<SecurityEventView[]>("/api/v1/security-events?kind=clock-refused", ControllerInstance.Json, Ct))!;
+            Assert.Contains(clock, e => e.Subject == skewedId && e.Message.Contains("beyond the ±5000 ms tolerance", StringComparison.Ordinal));
         }
         await WaitForMetricAsync(metrics, "ferry_controller_sessions", v => v == 0, ("kind", "connector"));
 
@@ -82,7 +106,7 @@ public sealed class OperationsTests
             Assert.DoesNotContain("not-the-key", e.Message, StringComparison.Ordinal);
             Assert.DoesNotContain("hunter2", e.Message, StringComparison.Ordinal);
         }
-        Assert.Equal(new[] { "api-key-refused", "client-login-failed", "token-reuse" }, all.Select(e => e.Kind).Order(StringComparer.Ordinal).Distinct());
+        Assert.Equal(new[] { "api-key-refused", "client-login-failed", "clock-refused", "token-in-use", "token-reuse" }, all.Select(e => e.Kind).Order(StringComparer.Ordinal).Distinct());
         var tooMany = await admin.GetAsync("/api/v1/security-events?limit=5000", Ct);
         Assert.Equal(HttpStatusCode.BadRequest, tooMany.StatusCode);
     }
