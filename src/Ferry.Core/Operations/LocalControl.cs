@@ -18,7 +18,8 @@ public static partial class LocalControl
     public static string DefaultStateDirectory(string kind)
         => Environment.GetEnvironmentVariable($"FERRY_{kind.ToUpperInvariant()}_STATE") is { Length: > 0 } set
             ? set
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".ferry", kind);
+            // DoNotVerify: a home that does not exist yet must not turn the default into a folder relative to the working directory.
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile, Environment.SpecialFolderOption.DoNotVerify), ".ferry", kind);
 
     public static string SocketPath(string stateDirectory, string kind) => Path.Combine(Path.GetFullPath(stateDirectory), kind + ".sock");
 

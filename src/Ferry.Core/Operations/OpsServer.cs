@@ -82,7 +82,7 @@ public static partial class OpsServer
         catch (IOException e)
         {
             await app.DisposeAsync();
-            throw new InvalidOperationException($"cannot listen on --metrics-listen {listen}: {e.Message}; pick a free port", e);
+            throw new InvalidOperationException($"cannot listen on --metrics-listen {listen}: {e.Message.TrimEnd('.')}; pick a free port", e);
         }
         var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         LogListening(logger, bound);
