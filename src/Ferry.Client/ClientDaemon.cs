@@ -1,4 +1,5 @@
 using System.Net.Http.Json;
+using System.Runtime.CompilerServices;
 using Ferry.Core.Api;
 using Ferry.Core.ControlPlane;
 using Ferry.Client.Access;
@@ -24,7 +25,7 @@ public sealed record ForwardAdded(string Listening);
 public sealed record MfaRequest(string Code);
 
 /// <summary>What the running client reports on its control socket.</summary>
-public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths, Routing.NetworkRoute[] Routes, string? Location);
+public sealed record ClientStatus(string Controller, string? Identity, bool Connected, long? TimeOffsetMs, string? CertificateSubject, string? CertificateIssuer, DateTimeOffset? CertificateNotAfter, ResourceGrant[] Resources, RelayInfo[] Relays, StunReportMessage? Stun, string[] Listeners, string[] ConnectedTo, PathStatus[] Paths, Routing.NetworkRoute[] Routes, string? Location, DateTimeOffset? ConnectedSince = null, string? LastError = null, DateTimeOffset? LastErrorAt = null);
 
 /// <summary>The client process: signs in, holds a controller session for its device certificate and grants, and answers local questions.</summary>
 public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
@@ -33,6 +34,21 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     private volatile ResourceGrant[] _resources = [];
     private ControllerSessionClient? _session;
     private volatile bool _connected;
+    // Written by the session loop, read by status and readiness on other threads: references, so no read is torn.
+    private volatile StrongBox<DateTimeOffset>? _connectedSinceBox;
+    private volatile Tuple<string, DateTimeOffset>? _lastErrorBox;
+
+    private DateTimeOffset? SessionSince
+    {
+        get => _connectedSinceBox?.Value;
+        set => _connectedSinceBox = value is { } v ? new StrongBox<DateTimeOffset>(v) : null;
+    }
+
+    private (string Error, DateTimeOffset At)? SessionError
+    {
+        get => _lastErrorBox is { } e ? (e.Item1, e.Item2) : null;
+        set => _lastErrorBox = value is { } v ? Tuple.Create(v.Error, v.At) : null;
+    }
     private volatile RelayInfo[] _relays = [];
     private volatile DataPlaneEndpoint? _dataPlane;
     // Flows that start before the device certificate arrives wait on this rather than fail.
@@ -50,6 +66,9 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     public async Task RunAsync(CancellationToken ct)
     {
         await using var control = await StartControlSocketAsync(ct);
+        ClientMetrics.ObservePaths(() => Opener?.Paths ?? []);
+        await using var ops = options.MetricsListen is null ? null
+            : await Core.Operations.OpsServer.StartAsync(options.MetricsListen, [ClientMetrics.MeterName], new Core.Operations.DelegateReadiness(NotReadyBecause), _logger, ct);
         Routes.SplitTunnel = options.SplitTunnel;
         using var stopReports = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var reports = Task.Run(() => ReportPathsAsync(stopReports.Token), CancellationToken.None);
@@ -141,6 +160,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             {
                 var unreachable = options.Controller.Current;
                 options.Controller.MoveNext(unreachable);
+                SessionError = ($"unreachable: cannot reach the controller at {unreachable}: {e.Message}", DateTimeOffset.UtcNow);
                 Log.SessionEnded(_logger, "unreachable", $"cannot reach the controller at {unreachable}: {e.Message}", backoff);
                 await DelayAsync(backoff, ct);
                 backoff = Next(backoff);
@@ -164,6 +184,7 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             _session.OnWelcome = (_, _, _) =>
             {
                 _connected = true;
+                SessionSince = DateTimeOffset.UtcNow;
                 backoff = TimeSpan.FromSeconds(1);
                 return Task.CompletedTask;
             };
@@ -202,6 +223,8 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
             };
             var outcome = await _session.RunAsync(login.DeviceToken, ct);
             _connected = false;
+            SessionSince = null;
+            SessionError = ($"{outcome.Code}: {outcome.Reason}", DateTimeOffset.UtcNow);
             if (outcome.Refused)
             {
                 Log.Refused(_logger, outcome.Code, outcome.Reason);
@@ -377,7 +400,16 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
         [.. Opener?.ConnectedTo ?? []],
         [.. Opener?.Paths ?? []],
         [.. Opener?.Routes ?? []],
-        options.Location?.Text);
+        options.Location?.Text,
+        SessionSince,
+        SessionError?.Error,
+        SessionError?.At);
+
+    /// <summary>Ready means signed in with a live controller session; null then, otherwise why not.</summary>
+    private string? NotReadyBecause()
+        => _session is null ? "not signed in yet" + (SessionError is { } e ? $" ({e.Error})" : "")
+            : !_connected ? $"no session with the controller ({SessionError?.Error ?? "connecting"})"
+            : null;
 
     /// <summary>Serves GET /status and /resources on a Unix socket only the owner can open.</summary>
     private async Task<WebApplication> StartControlSocketAsync(CancellationToken ct)

@@ -33,6 +33,9 @@ public sealed class ClientOptions
 
     /// <summary>Folder holding the local control socket that 'ferry client resources' and 'ferry status' talk to.</summary>
     public required string StateDirectory { get; init; }
+
+    /// <summary>Where to serve /healthz, /readyz and /metrics over plain HTTP; off when unset.</summary>
+    public System.Net.IPEndPoint? MetricsListen { get; init; }
 }
 
 /// <summary>One --forward: local port, the resource host and port its traffic reaches, and whether it forwards TCP connections or UDP datagrams.</summary>

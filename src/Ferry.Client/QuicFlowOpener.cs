@@ -50,10 +50,17 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     /// <summary>The connectors this client holds a connection to now.</summary>
     public IReadOnlyList<string> ConnectedTo => [.. _connections.Where(c => c.Value.IsValueCreated && c.Value.Value.IsCompletedSuccessfully && !c.Value.Value.Result.Closed.IsCompleted).Select(c => c.Key).Order(StringComparer.Ordinal)];
 
-    public Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(resource);
         ArgumentNullException.ThrowIfNull(header);
+        var flow = await OpenTcpAsync(resource, header, cancellationToken);
+        ClientMetrics.Flow("tcp", flow.Reply.IsOk);
+        return flow;
+    }
+
+    private Task<OpenedFlow> OpenTcpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    {
         return OpenOnSomeConnectorAsync(resource, async (connection, gone, ct) =>
         {
             var stream = await connection.OpenBidirectionalStreamAsync(ct);
@@ -79,10 +86,17 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     /// Opens a UDP flow: a stream for its header, reply and lifetime, with payloads on the connection's datagrams (see
     /// <see cref="UdpFlowFraming"/>). Connector choice and tickets are those of TCP flows.
     /// </summary>
-    public Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    public async Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(resource);
         ArgumentNullException.ThrowIfNull(header);
+        var flow = await OpenUdpOnSomeConnectorAsync(resource, header, cancellationToken);
+        ClientMetrics.Flow("udp", flow.Reply.IsOk);
+        return flow;
+    }
+
+    private Task<OpenedUdpFlow> OpenUdpOnSomeConnectorAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    {
         return OpenOnSomeConnectorAsync(resource, async (connection, gone, ct) =>
         {
             var datagrams = QuicUdpDatagrams.For(connection);
@@ -123,6 +137,10 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
                 var listed = selector.IsListed(resource.Network, connector);
                 var opened = await open(connection, () => listed && !selector.IsListed(resource.Network, connector), timeout.Token);
                 selector.Succeeded(resource.Network, connector);
+                if (i > 0)
+                {
+                    ClientMetrics.Failover();
+                }
                 return opened;
             }
             catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is QuicException or InvalidOperationException or Ferry.Relay.RelayException or TimeoutException
@@ -223,7 +241,18 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
         {
             var ticket = await controller.RequestTicketAsync(connector, timeout.Token);
             await plane.BindTicketAsync(ticket.Ticket, timeout.Token);
-            var connection = await plane.ConnectRelayedAsync(connector, timeout.Token);
+            var handshake = System.Diagnostics.Stopwatch.GetTimestamp();
+            QuicConnection connection;
+            try
+            {
+                connection = await plane.ConnectRelayedAsync(connector, timeout.Token);
+            }
+            catch
+            {
+                ClientMetrics.Handshake(ok: false, System.Diagnostics.Stopwatch.GetElapsedTime(handshake));
+                throw;
+            }
+            ClientMetrics.Handshake(ok: true, System.Diagnostics.Stopwatch.GetElapsedTime(handshake));
             LogConnected(logger, connector, "relayed");
             // Traffic starts on the relay at once; the search for a direct path runs beside it.
             var paths = plane.SelectPaths(connector, connection, firstFlow);

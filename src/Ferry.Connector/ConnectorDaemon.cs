@@ -59,6 +59,12 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         var clock = options.ClockSkew == TimeSpan.Zero ? TimeProvider.System : new SkewedTimeProvider(options.ClockSkew);
         var loop = new DaemonSessionLoop(options.Controller, options.Trust, options.TokensPath, clock, _logger);
         Log.Starting(_logger, loop.Tokens.Name ?? "?", loop.Tokens.Id, options.Controller, options.Trust.Description);
+        ConnectorMetrics.ObserveActiveFlows(() => _live.Count);
+        await using var control = options.StateDirectory is null ? null
+            : await Core.Operations.LocalControl.StartAsync(options.StateDirectory, "connector", () => Status(loop), _logger, ct);
+        await using var ops = options.MetricsListen is null ? null
+            : await Core.Operations.OpsServer.StartAsync(options.MetricsListen, [ConnectorMetrics.MeterName],
+                new Core.Operations.DelegateReadiness(() => loop.ConnectedSince is null ? $"no session with the controller ({loop.LastError?.Error ?? "connecting"})" : null), _logger, ct);
         var resolver = new NetworkNameResolver(options.DnsServer);
         var flows = new FlowHandler(resolver, new FlowHandlerOptions(), loggers.CreateLogger<FlowHandler>());
         CancellationTokenSource? discovery = null;
@@ -158,6 +164,20 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
             }
         }
     }
+
+    private Core.Operations.DaemonStatus Status(DaemonSessionLoop loop) => new(
+        "connector",
+        loop.Session.Identity ?? $"connector/{loop.Tokens.Id}",
+        loop.Tokens.Name,
+        loop.CurrentController.ToString(),
+        loop.ConnectedSince is not null,
+        loop.ConnectedSince,
+        loop.LastError?.Error,
+        loop.LastError?.At,
+        [.. _dataPlane?.ConnectedRelays ?? []],
+        _live.Count,
+        _dataPlane is { } plane ? [$"udp {plane.LocalEndPoint}"] : [],
+        null);
 
     /// <summary>
     /// Checks the network's resources from here every minute and soon after the access table changes: connectors of one

@@ -17,6 +17,12 @@ public sealed class ConnectorOptions
     /// <summary>DNS server that names of resources are resolved with; the host's resolver when unset.</summary>
     public System.Net.IPEndPoint? DnsServer { get; init; }
 
+    /// <summary>Folder of the local control socket ('ferry status'); none when unset.</summary>
+    public string? StateDirectory { get; init; }
+
+    /// <summary>Where to serve /healthz, /readyz and /metrics over plain HTTP; off when unset.</summary>
+    public System.Net.IPEndPoint? MetricsListen { get; init; }
+
     /// <summary>Test-only: shifts the connector's clock to exercise the controller's ±5 s rule.</summary>
     public TimeSpan ClockSkew { get; init; }
 }

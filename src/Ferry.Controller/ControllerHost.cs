@@ -11,6 +11,7 @@ using Ferry.Controller.Sessions;
 using Ferry.Controller.Storage;
 using Ferry.Controller.Tokens;
 using Ferry.Core.Files;
+using Ferry.Core.Operations;
 using Ferry.Core.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -132,6 +133,9 @@ public static class ControllerHost
         builder.Services.AddSingleton<TicketService>();
         builder.Services.AddSingleton<MfaSessions>();
         builder.Services.AddHostedService(services => services.GetRequiredService<MfaSessions>());
+        builder.Services.AddSingleton<Security.SecurityEvents>();
+        builder.Services.AddSingleton(database);
+        builder.Services.AddHealthChecks().AddCheck<DatabaseHealthCheck>("database", tags: [OpsServer.ReadyTag]);
         builder.Services.AddConsole(options, Path.GetFullPath(options.DataDirectory));
         builder.Services.AddProblemDetails();
         // Unreadable bodies throw, so ProblemMiddleware answers them with problem+json like every other refusal.
@@ -162,19 +166,7 @@ public static class ControllerHost
         app.UseAuthentication();
         app.UseAuthorization();
         app.UseAntiforgery();
-        app.MapGet("/healthz", () => Results.Ok(new { status = "alive" }));
-        app.MapGet("/readyz", async (CancellationToken rct) =>
-        {
-            try
-            {
-                await using var c = await database.OpenAsync(rct);
-                return Results.Ok(new { status = "ready", database = database.Kind.ToString().ToLowerInvariant() });
-            }
-            catch (Exception e) when (e is System.Data.Common.DbException or System.Net.Sockets.SocketException or TimeoutException)
-            {
-                return Results.Problem(statusCode: 503, title: "Not ready", detail: "database unreachable");
-            }
-        });
+        OpsServer.MapHealthEndpoints(app);
         app.MapOpenApi("/openapi/{documentName}.json");
         app.MapAdminApi();
         app.MapConsole();
@@ -186,6 +178,10 @@ public static class ControllerHost
         await StartReplicaBusAsync(app.Services.GetRequiredService<ReplicaBus>(), database, ct);
         await store.ReleaseSessionsOfReplicaAsync(options.ReplicaId, time.GetUtcNow().ToUnixTimeMilliseconds(), ct);
         await app.StartAsync(ct);
+        // Metrics go on their own plain-HTTP listener, never on the public one: the operator decides who may scrape.
+        await using var ops = options.MetricsListen is null ? null
+            : await OpsServer.StartAsync(OpsServer.ParseListen(options.MetricsListen), [ControllerMetrics.MeterName], new DatabaseHealthCheck(database),
+                app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Ferry.Controller"), ct);
 
         if (core)
         {

@@ -61,6 +61,9 @@ public sealed class ControllerOptions
     /// <summary>Core and edge roles: the file with the secret that lets the core's links in.</summary>
     public string? EdgeSecretFile { get; set; }
 
+    /// <summary>IP:PORT of a plain-HTTP listener for /healthz, /readyz and /metrics; off when unset.</summary>
+    public string? MetricsListen { get; set; }
+
     /// <summary>The public URL daemons are told to use in deploy instructions; derived from the listen address when unset.</summary>
     public string? PublicUrl { get; set; }
 }

@@ -128,6 +128,9 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
     /// <summary>The latest STUN discovery's report (it is run again after a network change).</summary>
     public StunReportMessage? LastStun => _stun.Last.Report;
 
+    /// <summary>The relays this socket holds an open link to now.</summary>
+    public IReadOnlyList<string> ConnectedRelays => _pool?.ConnectedRelays ?? [];
+
     /// <summary>Called with the STUN report made after a network change (the connector tells the controller).</summary>
     public Func<StunReportMessage, CancellationToken, Task>? Rediscovered { get; set; }
 

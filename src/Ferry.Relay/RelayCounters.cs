@@ -21,6 +21,9 @@ public sealed record RelayCounters(
     double PacketsPerSecond,
     IReadOnlyDictionary<RelayRefusal, long> Refusals)
 {
+    /// <summary>Tickets bound since start: a peer pair allowed through (a renewal of a bound pair counts again).</summary>
+    public long TicketsBound { get; init; }
+
     /// <summary>The count for one reason (0 when never seen).</summary>
     public long RefusedFor(RelayRefusal reason) => Refusals.TryGetValue(reason, out var count) ? count : 0;
 }

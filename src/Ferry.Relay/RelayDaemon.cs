@@ -23,6 +23,12 @@ public sealed class RelayDaemonOptions
 
     /// <summary>The address peers should dial when the relay binds a wildcard address (its public IP or name).</summary>
     public string? Advertise { get; init; }
+
+    /// <summary>Folder of the local control socket ('ferry status'); none when unset.</summary>
+    public string? StateDirectory { get; init; }
+
+    /// <summary>Where to serve /healthz, /readyz and /metrics over plain HTTP; off when unset.</summary>
+    public IPEndPoint? MetricsListen { get; init; }
 }
 
 /// <summary>The relay process: a session with the controller for its certificate, a relay server for ticketed peer pairs, a STUN server, and load reports.</summary>
@@ -41,6 +47,14 @@ public sealed partial class RelayDaemon(RelayDaemonOptions options, ILoggerFacto
         LogStun(_logger, string.Join(", ", stun.LocalEndPoints));
         RelayServer? server = null;
         var serverLock = new SemaphoreSlim(1, 1);
+        RelayMetrics.ObserveCounters(() => server?.GetCounters());
+        await using var control = options.StateDirectory is null ? null
+            : await Ferry.Core.Operations.LocalControl.StartAsync(options.StateDirectory, "relay", () => Status(loop, server, stun), _logger, ct);
+        await using var ops = options.MetricsListen is null ? null
+            : await Ferry.Core.Operations.OpsServer.StartAsync(options.MetricsListen, [RelayMetrics.MeterName], new Ferry.Core.Operations.DelegateReadiness(() =>
+                server is null ? "the relay-link listener is not up yet (it starts with the first certificate from the controller)"
+                : loop.ConnectedSince is null ? $"no session with the controller ({loop.LastError?.Error ?? "connecting"})"
+                : null), _logger, ct);
         try
         {
             loop.OnMessage = async (message, socket, sct) =>
@@ -105,6 +119,34 @@ public sealed partial class RelayDaemon(RelayDaemonOptions options, ILoggerFacto
                 await server.DisposeAsync();
             }
         }
+    }
+
+    private static Ferry.Core.Operations.DaemonStatus Status(DaemonSessionLoop loop, RelayServer? server, StunServer stun)
+    {
+        var counters = server?.GetCounters();
+        return new(
+            "relay",
+            loop.Session.Identity ?? $"relay/{loop.Tokens.Id}",
+            loop.Tokens.Name,
+            loop.CurrentController.ToString(),
+            loop.ConnectedSince is not null,
+            loop.ConnectedSince,
+            loop.LastError?.Error,
+            loop.LastError?.At,
+            [],
+            counters?.PeersConnected ?? 0,
+            [.. (server?.BoundEndpoints ?? []).Select(e => $"relay {e}"), .. stun.LocalEndPoints.Select(e => $"stun {e}")],
+            counters is null ? null : new Dictionary<string, long>
+            {
+                ["links_accepted"] = counters.LinksAccepted,
+                ["tickets_bound"] = counters.TicketsBound,
+                ["bytes_in"] = counters.BytesIn,
+                ["bytes_out"] = counters.BytesOut,
+                ["packets_in"] = counters.PacketsIn,
+                ["packets_out"] = counters.PacketsOut,
+                ["packets_dropped"] = counters.PacketsDropped,
+                ["refusals"] = counters.Refusals.Values.Sum(),
+            });
     }
 
     private async Task ReportAsync(SessionSocket socket, RelayServer server, StunServer stun, CancellationToken ct)

@@ -30,6 +30,7 @@ public sealed partial class RelayServer : IAsyncDisposable
     private long _connectionIds;
     private int _connectionCount;
     private long _linksAccepted;
+    private long _ticketsBound;
     private long _bytesIn;
     private long _bytesOut;
     private long _packetsIn;
@@ -179,7 +180,10 @@ public sealed partial class RelayServer : IAsyncDisposable
             Interlocked.Read(ref _packetsOut),
             Interlocked.Read(ref _packetsDropped),
             pps,
-            refusals);
+            refusals)
+        {
+            TicketsBound = Interlocked.Read(ref _ticketsBound),
+        };
     }
 
     /// <summary>Stops listening, closes every link with an Error frame, and waits (bounded by the token) for them to end.</summary>
@@ -247,6 +251,8 @@ public sealed partial class RelayServer : IAsyncDisposable
             Interlocked.Increment(ref _packetsIn);
         }
     }
+
+    internal void CountBinding() => Interlocked.Increment(ref _ticketsBound);
 
     internal void CountOut(OutboundFrame frame)
     {

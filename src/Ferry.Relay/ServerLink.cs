@@ -283,6 +283,7 @@ internal sealed class ServerLink
 
         _byChannel[binding.Channel] = binding;
         _byRemote[remote] = binding;
+        _server.CountBinding();
         RelayServer.LogBindOk(_server.Logger, _server.Identity, Identity, remote, binding.Channel, ticket!.Id);
 
         // The answer says whether the other end is here already, so a peer with several relays picks one that works.

@@ -32,7 +32,7 @@ public sealed class ControllerEdgeTests
             Assert.Equal(edges[0].Url, core.Url);
 
             // Set-up through edge 1, like any operator would.
-            var relay = await TestDeployment.StartRelayAsync(core, dir, Ct, $"{edges[0].Url},{edges[1].Url}");
+            var relay = await TestDeployment.StartRelayAsync(core, dir, Ct, "--controller", $"{edges[0].Url},{edges[1].Url}");
             processes.Add(relay);
             await using var echo = new EchoServer(System.Net.IPAddress.Loopback);
             await core.AdminAsync("network", "create", "corp");

@@ -69,6 +69,8 @@ public sealed class MfaTests
         var alice = await controller.AdminJsonAsync<UserDetailView>("user", "show", "alice");
         Assert.True(alice.MfaEnrolled);
         Assert.Contains(alice.Events, e => e.Kind == "mfa-failed");
+        var security = await controller.AdminJsonAsync<SecurityEventView[]>("security-events", "--kind", "mfa-failed");
+        Assert.Contains(security, e => e.Kind == "mfa-failed" && e.Message.Contains("wrong or already used code", StringComparison.Ordinal) && !e.Message.Contains(wrongCode, StringComparison.Ordinal));
         Assert.False(await EchoesAsync(forward, "after a wrong code", ct), "a flow went through after a wrong code" + Logs());
 
         // 3. The right code unlocks the network for this device: bytes go through intact. The same code again is refused.

@@ -41,6 +41,11 @@ public sealed partial class OperatorTests
         Assert.Equal(HttpStatusCode.Unauthorized, wrongCode.StatusCode);
         await controller.Process.WaitForLineAsync(l => l.Contains("Console sign-in refused for 'ops'", StringComparison.Ordinal) && l.Contains("wrong password", StringComparison.Ordinal), TimeSpan.FromSeconds(5), "the refusal logged with its reason");
         await controller.Process.WaitForLineAsync(l => l.Contains("wrong or already used TOTP code", StringComparison.Ordinal), TimeSpan.FromSeconds(5), "the wrong code logged");
+        // Both are security events an operator can query; the password tried is not in them.
+        var failed = JsonSerializer.Deserialize<SecurityEventView[]>(await controller.AdminAsync("security-events", "--kind", "console-login-failed", "--json"), ControllerInstance.Json)!;
+        Assert.Equal(["console sign-in refused: wrong or already used TOTP code", "console sign-in refused: wrong password"], failed.Select(e => e.Message));
+        Assert.All(failed, e => Assert.Equal("ops", e.Subject));
+        Assert.DoesNotContain(failed, e => e.Message.Contains("not the password", StringComparison.Ordinal));
 
         // A forged post: the right credentials, but no token from the page (what another site's form would send).
         using (var forger = Browser(controller))

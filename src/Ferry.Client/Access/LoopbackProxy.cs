@@ -239,6 +239,7 @@ public abstract partial class LoopbackProxy : ILoopbackListener
             }
             var result = await FlowCopier.CopyAsync(application, FlowCopier.ShutdownSocketSend, flow.Stream!, flow.CompleteWrites!, cancellationToken);
             Log.FlowClosed(Logger, Kind, destination, result.Error, result.BytesToUpstream + early.Length, result.BytesToClient);
+            ClientMetrics.BytesMoved(result.BytesToUpstream + early.Length, result.BytesToClient);
         }
     }
 }

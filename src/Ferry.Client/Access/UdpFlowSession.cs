@@ -116,6 +116,7 @@ internal sealed class UdpFlowSession : IAsyncDisposable
             await inner.CancelAsync();
             await Task.WhenAll(send, receive, idle).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             var counters = flow.Counters;
+            ClientMetrics.BytesMoved(counters.BytesSent, counters.BytesReceived);
             UdpLog.FlowClosed(_logger, _kind, _destination, end, (counters with { Dropped = counters.Dropped + Interlocked.Read(ref _dropped) }).ToString());
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)

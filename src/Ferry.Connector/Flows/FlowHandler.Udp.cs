@@ -21,19 +21,20 @@ public sealed partial class FlowHandler
         var decision = access.Check(clientIdentity, header.Protocol, header.Host, header.Port);
         if (!decision.IsAllowed)
         {
-            await RefuseAsync(stream, completeWrites, clientIdentity, destination, decision.Status, decision.Message, cancellationToken);
+            await RefuseAsync(stream, completeWrites, clientIdentity, destination, "udp", decision.Status, decision.Message, cancellationToken);
             return;
         }
         admitted?.Invoke(header);
         var (status, message, socket) = await OpenUdpSocketAsync(header, decision, clientIdentity, access, cancellationToken);
         if (socket is null)
         {
-            await RefuseAsync(stream, completeWrites, clientIdentity, destination, status, message, cancellationToken);
+            await RefuseAsync(stream, completeWrites, clientIdentity, destination, "udp", status, message, cancellationToken);
             return;
         }
         using (socket)
         {
             var flow = await datagrams.AcceptAsync(streamId, stream, completeWrites, new FlowReply(FlowStatus.Ok, message), cancellationToken);
+            ConnectorMetrics.Flow("udp", FlowStatus.Ok);
             await using (flow)
             {
                 Log.UdpFlowOpened(_logger, clientIdentity, destination, socket.RemoteEndPoint?.ToString() ?? "?");
@@ -44,6 +45,8 @@ public sealed partial class FlowHandler
                 var socketErrors = new StrongBox<long>();
                 var end = await RelayUdpAsync(flow, socket, socketErrors, cancellationToken);
                 var counters = flow.Counters;
+                // Payloads from the client went on to the resource; those sent to the client came from it.
+                ConnectorMetrics.BytesMoved(counters.BytesReceived, counters.BytesSent);
                 Log.UdpFlowClosed(_logger, clientIdentity, destination, end.ToString(), counters.PacketsReceived, counters.BytesReceived, counters.PacketsSent, counters.BytesSent,
                     counters.SentOnStream + counters.ReceivedOnStream, counters.Dropped, socketErrors.Value);
             }

@@ -55,7 +55,7 @@ public sealed partial class FlowHandler
             {
                 if (datagrams is null)
                 {
-                    await RefuseAsync(stream, completeWrites, clientIdentity, destination, FlowStatus.ProtocolError,
+                    await RefuseAsync(stream, completeWrites, clientIdentity, destination, "udp", FlowStatus.ProtocolError,
                         "UDP flows ride datagrams, and this connection carries none: open UDP flows on a QUIC connection to the connector", cancellationToken);
                     return;
                 }
@@ -65,14 +65,14 @@ public sealed partial class FlowHandler
             var decision = access.Check(clientIdentity, header.Protocol, header.Host, header.Port);
             if (!decision.IsAllowed)
             {
-                await RefuseAsync(stream, completeWrites, clientIdentity, destination, decision.Status, decision.Message, cancellationToken);
+                await RefuseAsync(stream, completeWrites, clientIdentity, destination, "tcp", decision.Status, decision.Message, cancellationToken);
                 return;
             }
             admitted?.Invoke(header);
             var (status, message, connected) = await ConnectAsync(header, decision, clientIdentity, access, cancellationToken);
             if (connected is null)
             {
-                await RefuseAsync(stream, completeWrites, clientIdentity, destination, status, message, cancellationToken);
+                await RefuseAsync(stream, completeWrites, clientIdentity, destination, "tcp", status, message, cancellationToken);
                 return;
             }
             socket = connected;
@@ -82,11 +82,13 @@ public sealed partial class FlowHandler
                 dialled?.Invoke(dialledTo.Address);
             }
             await new FlowReply(FlowStatus.Ok, message).WriteAsync(stream, cancellationToken);
+            ConnectorMetrics.Flow("tcp", FlowStatus.Ok);
 
             var upstream = new NetworkStream(socket, ownsSocket: true);
             await using (upstream)
             {
                 var result = await FlowCopier.CopyAsync(stream, completeWrites, upstream, FlowCopier.ShutdownSocketSend, cancellationToken);
+                ConnectorMetrics.BytesMoved(result.BytesToUpstream, result.BytesToClient);
                 if (result.Error == FlowCopyError.Canceled)
                 {
                     Log.FlowRevoked(_logger, clientIdentity, destination, result.BytesToUpstream, result.BytesToClient);
@@ -129,12 +131,14 @@ public sealed partial class FlowHandler
             problem = $"no complete flow header arrived within {_options.HeaderTimeout.TotalSeconds:0.#} s";
         }
         Log.BadHeader(_logger, clientIdentity, problem);
+        ConnectorMetrics.Flow("unknown", FlowStatus.ProtocolError);
         await TryReplyAsync(stream, completeWrites, new FlowReply(FlowStatus.ProtocolError, problem), cancellationToken);
         return null;
     }
 
-    private async Task RefuseAsync(Stream stream, Func<Stream, ValueTask> completeWrites, string clientIdentity, string destination, FlowStatus status, string message, CancellationToken cancellationToken)
+    private async Task RefuseAsync(Stream stream, Func<Stream, ValueTask> completeWrites, string clientIdentity, string destination, string protocol, FlowStatus status, string message, CancellationToken cancellationToken)
     {
+        ConnectorMetrics.Flow(protocol, status);
         Log.FlowRefused(_logger, clientIdentity, destination, status, message);
         await TryReplyAsync(stream, completeWrites, new FlowReply(status, message), cancellationToken);
     }

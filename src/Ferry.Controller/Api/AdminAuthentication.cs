@@ -45,6 +45,12 @@ public sealed class AdminAuthenticationMiddleware(RequestDelegate next, ILogger<
         {
             var reason = presented.Length == 0 ? "no API key" : "wrong API key";
             Log.AdminRefused(logger, reason, path, context.Connection.RemoteIpAddress?.ToString() ?? "unknown");
+            if (presented.Length > 0)
+            {
+                // Only that a key was wrong, and where: the presented key may be a real secret typed in the wrong place.
+                await context.RequestServices.GetRequiredService<Security.SecurityEvents>().RecordAsync(Security.SecurityEvents.ApiKeyRefused, "admin-api",
+                    $"admin API request with a wrong API key: {context.Request.Method} {path}", context.Connection.RemoteIpAddress?.ToString(), CancellationToken.None);
+            }
             context.Response.Headers.WWWAuthenticate = "Bearer";
             await Results.Problem(statusCode: 401, title: "Unauthorized",
                 detail: presented.Length == 0

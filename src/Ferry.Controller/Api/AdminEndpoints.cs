@@ -86,6 +86,26 @@ public static partial class AdminEndpoints
 
         api.MapGet("/audit", async (int? limit, ControllerStore store, CancellationToken ct) =>
             (await store.ListAuditAsync(Math.Clamp(limit ?? 100, 1, 1000), ct)).Select(a => new AuditView(Time(a.At), a.Actor, a.Action, a.Target)));
+        api.MapGet("/security-events", ListSecurityEventsAsync);
+    }
+
+    // ---- security events
+
+    private static async Task<IEnumerable<SecurityEventView>> ListSecurityEventsAsync(string? kind, string? since, int? limit, ControllerStore store, CancellationToken ct)
+    {
+        if (limit is < 1 or > 1000)
+        {
+            throw ApiException.BadRequest($"limit {limit} is out of range: give 1 to 1000");
+        }
+        DateTimeOffset? from = null;
+        if (!string.IsNullOrEmpty(since))
+        {
+            from = DateTimeOffset.TryParse(since, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.AssumeUniversal, out var parsed)
+                ? parsed
+                : throw ApiException.BadRequest($"since '{since}' is not a time: give ISO 8601, for example 2026-01-31T12:00:00Z");
+        }
+        var rows = await store.ListSecurityEventsAsync(string.IsNullOrEmpty(kind) ? null : kind, from?.ToUnixTimeMilliseconds(), limit ?? 100, ct);
+        return rows.Select(e => new SecurityEventView(Time(e.At), e.Kind, e.Subject, e.Source, e.Message));
     }
 
     // ---- networks
@@ -274,12 +294,14 @@ public static partial class AdminEndpoints
             Wants=network-online.target
 
             [Service]
-            ExecStart=/usr/local/bin/{plain}
+            ExecStart=/usr/local/bin/{plain} --state /run/ferry-{part}-{file.Name}
             Restart=always
             RestartSec=2
             # Its own throw-away user, owning only /var/lib/ferry (where the tokens rotate); the rest of the system read-only.
             DynamicUser=yes
             StateDirectory=ferry
+            # The control socket 'ferry status --state /run/ferry-{part}-{file.Name}' asks.
+            RuntimeDirectory=ferry-{part}-{file.Name}
             UMask=0077
             NoNewPrivileges=yes
             ProtectSystem=strict

@@ -20,7 +20,7 @@ public static class DaemonEndpoints
         app.MapPost("/v1/client/login", LoginAsync);
     }
 
-    private static async Task<IResult> RefreshAsync(TokenRefreshRequest request, TokenService tokens, ILoggerFactory loggers, CancellationToken ct)
+    private static async Task<IResult> RefreshAsync(TokenRefreshRequest request, TokenService tokens, Security.SecurityEvents security, HttpContext http, ILoggerFactory loggers, CancellationToken ct)
     {
         if (string.IsNullOrWhiteSpace(request.RefreshToken))
         {
@@ -30,6 +30,11 @@ public static class DaemonEndpoints
         if (refusal is not null || issued is null || daemon is null)
         {
             Log.RefreshRefused(loggers.CreateLogger("Ferry.Controller.Tokens"), refusal!.Code, refusal.Message);
+            ControllerMetrics.Refused(refusal.Code, "refresh");
+            if (Security.SecurityEvents.KindOfRefusal(refusal.Code) is { } kind)
+            {
+                await security.RecordAsync(kind, daemon?.Id ?? "unknown", $"token refresh refused ({refusal.Code}): {refusal.Message}", SourceOf(http), CancellationToken.None);
+            }
             return Results.Problem(statusCode: refusal.Status, title: refusal.Code, detail: refusal.Message);
         }
         return Results.Ok(new TokenFile
@@ -44,7 +49,9 @@ public static class DaemonEndpoints
         });
     }
 
-    private static async Task<IResult> LoginAsync(ClientLoginRequest request, ControllerStore store, PolicyEvaluator policy, ControllerOptions options, TimeProvider time, ILoggerFactory loggers, CancellationToken ct)
+    private static string? SourceOf(HttpContext http) => http.Connection.RemoteIpAddress is { } ip ? (ip.IsIPv4MappedToIPv6 ? ip.MapToIPv4() : ip).ToString() : null;
+
+    private static async Task<IResult> LoginAsync(ClientLoginRequest request, ControllerStore store, PolicyEvaluator policy, ControllerOptions options, TimeProvider time, Security.SecurityEvents security, HttpContext http, ILoggerFactory loggers, CancellationToken ct)
     {
         var logger = loggers.CreateLogger("Ferry.Controller.Clients");
         string ownerKind, ownerId;
@@ -54,6 +61,7 @@ public static class DaemonEndpoints
             if (account is null)
             {
                 Log.LoginRefused(logger, "a service account", "unknown key");
+                await security.RecordAsync(Security.SecurityEvents.ClientLoginFailed, "service-account", "client sign-in refused: unknown service account key", SourceOf(http), CancellationToken.None);
                 return Results.Problem(statusCode: 401, title: "Sign-in refused", detail: "service account key is not valid (it may have been removed)");
             }
             (ownerKind, ownerId) = ("service-account", account.Id);
@@ -65,6 +73,7 @@ public static class DaemonEndpoints
             if (user is null || !PasswordHasher.Verify(request.Password ?? "", user.PasswordHash))
             {
                 Log.LoginRefused(logger, request.User, "wrong user name or password");
+                await security.RecordAsync(Security.SecurityEvents.ClientLoginFailed, request.User, user is null ? "client sign-in refused: no such user" : "client sign-in refused: wrong password", SourceOf(http), CancellationToken.None);
                 return Results.Problem(statusCode: 401, title: "Sign-in refused", detail: "user name or password is wrong");
             }
             (ownerKind, ownerId) = ("user", user.Id);

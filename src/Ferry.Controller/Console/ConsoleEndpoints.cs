@@ -101,7 +101,7 @@ public static partial class ConsoleEndpoints
         });
     }
 
-    private static async Task<IResult> SignInAsync([FromForm] SignInForm form, HttpContext http, IAntiforgery antiforgery, ControllerStore store, TimeProvider time, ILoggerFactory loggers)
+    private static async Task<IResult> SignInAsync([FromForm] SignInForm form, HttpContext http, IAntiforgery antiforgery, ControllerStore store, TimeProvider time, Security.SecurityEvents security, ILoggerFactory loggers)
     {
         var logger = loggers.CreateLogger("Ferry.Controller.Console");
         var from = http.Connection.RemoteIpAddress?.ToString() ?? "unknown";
@@ -134,7 +134,9 @@ public static partial class ConsoleEndpoints
         if (refusal is not null)
         {
             // The name is the visitor's text: control characters could forge log lines.
-            LogSignInRefused(logger, new string((form.Name ?? "").Where(c => !char.IsControl(c)).Take(64).ToArray()), from, refusal);
+            var name = new string((form.Name ?? "").Where(c => !char.IsControl(c)).Take(64).ToArray());
+            LogSignInRefused(logger, name, from, refusal);
+            await security.RecordAsync(Security.SecurityEvents.ConsoleLoginFailed, name, $"console sign-in refused: {refusal}", from, CancellationToken.None);
             return SignInPage(http, antiforgery, "Sign-in failed: check the name, the password and the code from your authenticator app.", StatusCodes.Status401Unauthorized);
         }
         var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, row!.Name), new Claim(OperatorIdClaim, row.Id)], Scheme);

@@ -15,7 +15,8 @@ namespace Ferry.Controller.Sessions;
 /// replica looks every second: it ends the idle ones (a conditional delete, so only one replica ends each and traffic reported
 /// meanwhile wins) and re-pushes policy whenever the set of live second factors changed, whoever changed it.
 /// </remarks>
-public sealed partial class MfaSessions(ControllerStore store, SessionRegistry registry, TimeProvider time, ILogger<MfaSessions> logger) : BackgroundService
+public sealed partial class MfaSessions(ControllerStore store, SessionRegistry registry, TimeProvider time, ILogger<MfaSessions> logger, Security.SecurityEvents? security = null)
+    : BackgroundService
 {
     /// <summary>How often idle second factors are looked for; an idle threshold is honoured to within this (plus one activity report).</summary>
     public static readonly TimeSpan SweepInterval = TimeSpan.FromSeconds(1);
@@ -79,7 +80,12 @@ public sealed partial class MfaSessions(ControllerStore store, SessionRegistry r
     {
         // The code itself is never recorded: a near miss would tell a reader of the log most of a valid one.
         Log.MfaFailed(logger, identity, device.OwnerId, what);
-        await store.AddEventAsync(device.OwnerId, "mfa-failed", $"second factor from device '{device.Name}' ({identity}) refused: {what}", now.ToUnixTimeMilliseconds(), ct);
+        var message = $"second factor from device '{device.Name}' ({identity}) refused: {what}";
+        await store.AddEventAsync(device.OwnerId, Security.SecurityEvents.MfaFailed, message, now.ToUnixTimeMilliseconds(), ct);
+        if (security is not null)
+        {
+            await security.RecordAsync(Security.SecurityEvents.MfaFailed, device.OwnerId, message, ct: ct);
+        }
     }
 
     /// <summary>Keeps alive the second factors in network <paramref name="networkId"/> of the devices ("device/dv_…") its connector saw traffic from.</summary>

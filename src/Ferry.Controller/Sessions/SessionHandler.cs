@@ -28,6 +28,7 @@ public sealed class SessionHandler(
     ConnectorDirectory connectors,
     ReplicaBus replicas,
     MfaSessions mfa,
+    Security.SecurityEvents security,
     ControllerOptions options,
     TimeProvider time,
     ILogger<SessionHandler> logger)
@@ -75,7 +76,7 @@ public sealed class SessionHandler(
         var daemon = await store.GetDaemonAsync(row.OwnerId, ct);
         if (daemon is null)
         {
-            await RefuseAsync(socket, "unknown-daemon", "this daemon was removed from the controller; provision it again", from, ct);
+            await RefuseAsync(socket, "unknown-daemon", "this daemon was removed from the controller; provision it again", from, ct, row.OwnerId);
             return;
         }
         var identity = new PeerIdentity(daemon.Kind, daemon.Id);
@@ -92,7 +93,7 @@ public sealed class SessionHandler(
         {
             var message = $"{daemon.Kind} '{daemon.Name}' ({daemon.Id}) is already in use by another process {tokens.LiveSessionDescription(holder, now) ?? "right now"}; tokens are single-owner, so this process is refused and the running one keeps working";
             await store.AddEventAsync(daemon.Id, "token-in-use", message, now.ToUnixTimeMilliseconds(), CancellationToken.None);
-            await RefuseAsync(socket, "in-use", message, from, ct);
+            await RefuseAsync(socket, "in-use", message, from, ct, daemon.Id);
             return;
         }
 
@@ -118,6 +119,7 @@ public sealed class SessionHandler(
             await tokens.ConfirmAsync(row, ct);
             await store.MarkOnlineAsync(daemon.Id, sessionId, Truncate(hello.Hostname, 253), JsonSerializer.Serialize(hello.PrivateIps.Take(64).ToArray()), Truncate(hello.Version, 64), from, offset, time.GetUtcNow().ToUnixTimeMilliseconds(), ct);
             online = true;
+            ControllerMetrics.SessionStarted(daemon.Kind);
             if (daemon.Kind == PeerIdentity.Connector)
             {
                 registry.NotifyPolicyChanged();
@@ -216,6 +218,7 @@ public sealed class SessionHandler(
             await store.MarkOfflineAsync(daemon.Id, sessionId, reason, time.GetUtcNow().ToUnixTimeMilliseconds(), CancellationToken.None);
             if (online)
             {
+                ControllerMetrics.SessionEnded(daemon.Kind);
                 Log.DaemonOffline(logger, identity.ToString(), daemon.Name, reason);
                 if (daemon.Kind == PeerIdentity.Relay)
                 {
@@ -239,7 +242,7 @@ public sealed class SessionHandler(
         }
         if (device.TokenExpiresAt < time.GetUtcNow().ToUnixTimeMilliseconds())
         {
-            await RefuseAsync(socket, "token-expired", "device session expired: sign in again", from, ct);
+            await RefuseAsync(socket, "token-expired", "device session expired: sign in again", from, ct, device.Id);
             return;
         }
         var identity = new PeerIdentity(PeerIdentity.Device, device.Id);
@@ -283,6 +286,7 @@ public sealed class SessionHandler(
         };
         registry.AddCloser(identity.ToString(), close);
         var requester = new TicketService.Requester(identity, device.OwnerKind, device.OwnerId);
+        ControllerMetrics.SessionStarted(PeerIdentity.Device);
         try
         {
             reason = await RunLoopAsync(socket, identity, async (message, loopCt) =>
@@ -321,6 +325,7 @@ public sealed class SessionHandler(
             registry.RemovePolicyListener(sessionId);
             registry.RemoveConnectorListener(sessionId);
             registry.RemoveRelayListener(sessionId);
+            ControllerMetrics.SessionEnded(PeerIdentity.Device);
             Log.ClientOffline(logger, identity.ToString(), closedBy ?? reason);
         }
     }
@@ -334,12 +339,15 @@ public sealed class SessionHandler(
         var (pair, refusal) = await tickets.AuthorizePairAsync(requester, message.Peer, ct);
         if (pair is null)
         {
+            ControllerMetrics.Signal(forwarded: false);
             Log.SignalRefused(logger, requester.Identity.ToString(), message.Peer, refusal!);
             await socket.SendAsync(new ErrorMessage("signaling-refused", refusal!, message.Peer), ct);
             return;
         }
         var forwarded = message with { Peer = requester.Identity.ToString(), Candidates = [.. (message.Candidates ?? []).Take(16)] };
-        if (!await registry.TrySendAsync(message.Peer, forwarded))
+        var sent = await registry.TrySendAsync(message.Peer, forwarded);
+        ControllerMetrics.Signal(sent);
+        if (!sent)
         {
             await socket.SendAsync(new ErrorMessage("signaling-refused", $"{message.Peer} has no session with this controller now", message.Peer), ct);
         }
@@ -351,12 +359,14 @@ public sealed class SessionHandler(
         var (ticket, refusal) = await tickets.IssueAsync(requester, request.Peer, ct);
         if (ticket is null)
         {
+            ControllerMetrics.Ticket(issued: false);
             Log.TicketRefused(logger, requester.Identity.ToString(), request.Peer, refusal!);
             await socket.SendAsync(new ErrorMessage("ticket-refused", refusal!, request.Peer), ct);
             return;
         }
         await socket.SendAsync(new TicketIssuedMessage(request.Peer, ticket.Text, ticket.NotAfter), ct);
         await registry.TrySendAsync(request.Peer, new TicketIssuedMessage(requester.Identity.ToString(), ticket.Text, ticket.NotAfter));
+        ControllerMetrics.Ticket(issued: true);
         Log.TicketIssued(logger, requester.Identity.ToString(), request.Peer, ticket.NotAfter);
     }
 
@@ -492,7 +502,7 @@ public sealed class SessionHandler(
         {
             var message = $"clock of host '{hostname}' is off by {offsetMs:+#;-#;0} ms from the controller, beyond the ±{options.ClockTolerance.TotalMilliseconds:0} ms tolerance; fix its clock (enable NTP) and the {identity.Kind} will be accepted";
             await store.AddEventAsync(subjectId, "clock-refused", message, now, CancellationToken.None);
-            await RefuseAsync(socket, "clock-skew", message, from, ct);
+            await RefuseAsync(socket, "clock-skew", message, from, ct, subjectId);
             return true;
         }
         if (Math.Abs(offsetMs) > options.ClockWarning.TotalMilliseconds)
@@ -516,9 +526,14 @@ public sealed class SessionHandler(
         }
     }
 
-    private async Task RefuseAsync(SessionSocket socket, string code, string reason, string from, CancellationToken ct)
+    private async Task RefuseAsync(SessionSocket socket, string code, string reason, string from, CancellationToken ct, string? subject = null)
     {
         Log.SessionRefused(logger, code, from, reason);
+        ControllerMetrics.Refused(code, "session");
+        if (Security.SecurityEvents.KindOfRefusal(code) is { } kind)
+        {
+            await security.RecordAsync(kind, subject ?? "unknown", $"session refused ({code}): {reason}", from, CancellationToken.None);
+        }
         try
         {
             await socket.SendAsync(new RefusedMessage(code, reason), ct);

@@ -761,6 +761,21 @@ public sealed class ControllerStore(Database database)
         await c.ExecuteAsync("INSERT INTO audit (at, actor, action, target) VALUES (@now, @actor, @action, @target)", new { now, actor, action, target });
     }
 
+    public async Task AddSecurityEventAsync(SecurityEventRow row, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        await c.ExecuteAsync("INSERT INTO security_events (at, kind, subject, source, message) VALUES (@At, @Kind, @Subject, @Source, @Message)", row);
+    }
+
+    /// <summary>Security events, newest first; <paramref name="kind"/> and <paramref name="since"/> (unix ms) narrow them when given.</summary>
+    public async Task<IReadOnlyList<SecurityEventRow>> ListSecurityEventsAsync(string? kind, long? since, int limit, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return (await c.QueryAsync<SecurityEventRow>(
+            "SELECT at, kind, subject, source, message FROM security_events WHERE at >= @since" + (kind is null ? "" : " AND kind = @kind") + " ORDER BY at DESC, id DESC LIMIT @limit",
+            new { kind, since = since ?? 0L, limit })).AsList();
+    }
+
     public async Task<IReadOnlyList<AuditRow>> ListAuditAsync(int limit, CancellationToken ct)
     {
         await using var c = await OpenAsync(ct);

@@ -269,6 +269,14 @@ public sealed class Database : IAsyncDisposable
             actor TEXT NOT NULL,
             action TEXT NOT NULL,
             target TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS security_events (
+            id {AUTOID},
+            at BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            source TEXT,
+            message TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS ix_security_events_at ON security_events (at);
         """;
 
     public async ValueTask DisposeAsync()

@@ -209,3 +209,18 @@ public sealed class MfaSessionRow
     public long ConfirmedAt { get; set; }
     public long LastActivity { get; set; }
 }
+
+/// <summary>A security event: a refused credential or session, kept apart from daemon logs so it outlives what it names.</summary>
+public sealed class SecurityEventRow
+{
+    public long At { get; set; }
+    public string Kind { get; set; } = "";
+
+    /// <summary>What the attempt was about: a daemon or device id, an operator or user name, or "admin-api".</summary>
+    public string Subject { get; set; } = "";
+
+    /// <summary>The address the attempt came from, when known.</summary>
+    public string? Source { get; set; }
+
+    public string Message { get; set; } = "";
+}

@@ -157,6 +157,9 @@ public sealed record TokenRefreshRequest(string RefreshToken);
 /// <summary>One audit log entry: who changed what, when.</summary>
 public sealed record AuditView(DateTimeOffset At, string Actor, string Action, string Target);
 
+/// <summary>One security event: a refused credential, session or sign-in (GET /api/v1/security-events).</summary>
+public sealed record SecurityEventView(DateTimeOffset At, string Kind, string Subject, string? Source, string Message);
+
 /// <summary>Body of POST /api/v1/relays.</summary>
 public sealed record RelayProvisionRequest(string? Name = null, string? Location = null);
 

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Http.Json;
+using System.Runtime.CompilerServices;
 using Ferry.Core.Api;
 using Ferry.Core.Security;
 using Ferry.Core.Tokens;
@@ -29,6 +30,27 @@ public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, C
     /// <summary>Called once each session is accepted.</summary>
     public Func<WelcomeMessage, SessionSocket, CancellationToken, Task>? OnWelcome { get; set; }
 
+    // Written by the session loop, read by status and readiness on other threads: references, so no read is torn.
+    private volatile StrongBox<DateTimeOffset>? _connectedSince;
+    private volatile Tuple<string, DateTimeOffset>? _lastError;
+
+    /// <summary>Since when the current session is up; null while there is none.</summary>
+    public DateTimeOffset? ConnectedSince
+    {
+        get => _connectedSince?.Value;
+        private set => _connectedSince = value is { } v ? new StrongBox<DateTimeOffset>(v) : null;
+    }
+
+    /// <summary>Why the last session ended or could not start ("code: reason"), and when; null before any failure.</summary>
+    public (string Error, DateTimeOffset At)? LastError
+    {
+        get => _lastError is { } e ? (e.Item1, e.Item2) : null;
+        private set => _lastError = value is { } v ? Tuple.Create(v.Error, v.At) : null;
+    }
+
+    /// <summary>The controller URL sessions and refreshes use now.</summary>
+    public Uri CurrentController => controllers.Current;
+
     /// <summary>Runs until cancelled, then returns; throws <see cref="TokensRejectedException"/> when the tokens are dead for good.</summary>
     public async Task RunAsync(CancellationToken ct)
     {
@@ -48,6 +70,7 @@ public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, C
         Session.OnWelcome = async (welcome, socket, sct) =>
         {
             LogOnline(logger, welcome.Identity, welcome.TimeOffsetMs);
+            ConnectedSince = clock.GetUtcNow();
             // Rotate over the session when less than half the access token's life is left.
             if (_tokens.AccessTokenExpiresAt - clock.GetUtcNow() < TimeSpan.FromMinutes(30))
             {
@@ -89,6 +112,8 @@ public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, C
                 refreshNeeded = false;
             }
             var outcome = await Session.RunAsync(_tokens.AccessToken, ct);
+            ConnectedSince = null;
+            LastError = ($"{outcome.Code}: {outcome.Reason}", clock.GetUtcNow());
             if (outcome.Refused)
             {
                 LogRefused(logger, outcome.Code, outcome.Reason);
@@ -121,6 +146,7 @@ public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, C
         catch (Exception e) when (!ct.IsCancellationRequested && e is HttpRequestException or TaskCanceledException)
         {
             controllers.MoveNext(controller);
+            LastError = ($"unreachable: cannot reach the controller at {controller}: {e.Message}", clock.GetUtcNow());
             LogSessionEnded(logger, "unreachable", $"cannot reach the controller at {controller}: {e.Message}", TimeSpan.Zero);
             return false;
         }
@@ -135,6 +161,7 @@ public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, C
                 return true;
             }
             var problem = await ApiProblem.ReadAsync(response, ct);
+            LastError = ($"{problem.Title}: {problem.Detail}", clock.GetUtcNow());
             if (response.StatusCode == HttpStatusCode.Conflict && problem.Title == "in-use")
             {
                 LogRefused(logger, problem.Title, problem.Detail);

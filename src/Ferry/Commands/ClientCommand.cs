@@ -14,7 +14,7 @@ internal static class ClientCommand
     private static readonly Option<string> State = new("--state")
     {
         Description = "Client state folder (holds the control socket)",
-        DefaultValueFactory = _ => Env.Get("FERRY_CLIENT_STATE") ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".ferry", "client"),
+        DefaultValueFactory = _ => Ferry.Core.Operations.LocalControl.DefaultStateDirectory("client"),
         Recursive = true,
     };
 
@@ -46,9 +46,10 @@ internal static class ClientCommand
         var location = new Option<string?>("--location") { Description = "Where this device is, REGION or LAT,LON (or FERRY_LOCATION): it uses the nearest connector of each network" };
         var direct = new Option<string>("--direct") { Description = "on (default): connections move to a direct UDP path when one works; off: they stay on the relay", DefaultValueFactory = _ => "on" };
         direct.AcceptOnlyFromAmong("on", "off");
+        var metrics = OpsOptions.MetricsListen();
         var command = new Command("up", "Sign in and stay connected: receives the device certificate and what policy grants, and serves SOCKS5, HTTP CONNECT and port forwards on loopback.")
         {
-            controller, fingerprint, ca, user, passwordFile, keyFile, device, socks, http, forward, split, location, direct,
+            controller, fingerprint, ca, user, passwordFile, keyFile, device, socks, http, forward, split, location, direct, metrics,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -77,6 +78,7 @@ internal static class ClientCommand
                 ServiceAccountKey = key,
                 DeviceName = parse.GetValue(device) ?? Environment.MachineName,
                 StateDirectory = parse.GetValue(State)!,
+                MetricsListen = OpsOptions.ParseMetricsListen(parse, metrics),
                 SocksPort = Port(parse.GetValue(socks)!, "--socks"),
                 HttpProxyPort = Port(parse.GetValue(http)!, "--http-proxy"),
                 Forwards = [.. (parse.GetValue(forward) ?? []).Select(PortForwardSpec.Parse)],

@@ -18,9 +18,11 @@ internal static class ConnectorCommand
         var udp = new Option<string>("--udp-listen") { Description = "Local IP:PORT of the data-plane UDP socket (STUN and QUIC)", DefaultValueFactory = _ => "0.0.0.0:0" };
         var dns = new Option<string?>("--dns-server") { Description = "DNS server (IP[:port]) to resolve resource names with; the host's resolver by default" };
         var skew = new Option<double>("--test-clock-skew") { Description = "Test only: shift this connector's clock by N seconds", Hidden = true };
+        var metrics = OpsOptions.MetricsListen();
+        var state = OpsOptions.State("connector");
         var command = new Command("connector", "Run a connector: serves the resources of its remote network, dialing out to the controller only.")
         {
-            controller, fingerprint, ca, tokens, udp, dns, skew,
+            controller, fingerprint, ca, tokens, udp, dns, skew, metrics, state,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -40,6 +42,8 @@ internal static class ConnectorCommand
                 Trust = trust,
                 TokensPath = tokensPath,
                 ClockSkew = TimeSpan.FromSeconds(parse.GetValue(skew)),
+                StateDirectory = parse.GetValue(state),
+                MetricsListen = OpsOptions.ParseMetricsListen(parse, metrics),
                 UdpBind = System.Net.IPEndPoint.TryParse(parse.GetValue(udp)!, out var bind) ? bind : throw new CliException($"--udp-listen '{parse.GetValue(udp)}' is not IP:PORT", 2),
                 DnsServer = dnsText is null ? null : System.Net.IPEndPoint.TryParse(dnsText.Contains(':', StringComparison.Ordinal) ? dnsText : dnsText + ":53", out var dnsEndpoint)
                     ? dnsEndpoint : throw new CliException($"--dns-server '{dnsText}' is not IP or IP:PORT", 2),

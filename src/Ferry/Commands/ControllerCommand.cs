@@ -25,10 +25,11 @@ internal static class ControllerCommand
         var edges = new Option<string?>("--edge") { Description = "core role: the edges' --link-listen addresses to dial, HOST:PORT separated by commas (env FERRY_EDGES)" };
         var linkListen = new Option<string?>("--link-listen") { Description = "edge role: HOST:PORT where the core's links connect" };
         var edgeSecret = new Option<string?>("--edge-secret-file") { Description = "core and edge roles: file with the shared secret (32+ random characters) that admits the core's links" };
+        var metrics = OpsOptions.MetricsListen();
         var command = new Command("controller", "Run the controller: admin API, daemon sessions and certificate authority.")
         {
             data, listen, database, tlsCert, tlsKey, trustedProxy, heartbeat, publicUrl, replica, accessLifetime, certificateLifetime, consoleIdle,
-            role, edges, linkListen, edgeSecret,
+            role, edges, linkListen, edgeSecret, metrics,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -41,6 +42,7 @@ internal static class ControllerCommand
                 TlsKeyPath = parse.GetValue(tlsKey),
                 HeartbeatInterval = TimeSpan.FromSeconds(parse.GetValue(heartbeat)),
                 PublicUrl = parse.GetValue(publicUrl),
+                MetricsListen = OpsOptions.ParseMetricsListen(parse, metrics)?.ToString(),
             };
             if ((parse.GetValue(replica) ?? Env.Get("FERRY_REPLICA_ID")) is { Length: > 0 } r)
             {

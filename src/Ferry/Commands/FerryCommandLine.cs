@@ -16,6 +16,7 @@ public static class FerryCommandLine
         root.Subcommands.Add(RelayCommand.Create());
         root.Subcommands.Add(ClientCommand.Create());
         root.Subcommands.Add(AdminCommand.Create());
+        root.Subcommands.Add(StatusCommand.Create());
         root.Subcommands.Add(VersionCommand());
         return await root.Parse(args).InvokeAsync();
     }

@@ -18,9 +18,11 @@ internal static class RelayCommand
         var listen = new Option<string[]>("--listen") { Description = "IP:PORT for relay links, repeatable (30000-31000, or 443)", DefaultValueFactory = _ => ["0.0.0.0:30000"] };
         var stunListen = new Option<string[]>("--stun") { Description = "IP:PORT of the STUN server, repeatable", DefaultValueFactory = _ => ["0.0.0.0:3478"] };
         var advertise = new Option<string?>("--advertise") { Description = "Public IP or name peers dial when --listen binds a wildcard address" };
+        var metrics = OpsOptions.MetricsListen();
+        var state = OpsOptions.State("relay");
         var command = new Command("relay", "Run a relay: forwards peers' QUIC packets over TLS/TCP without reading them, and answers STUN.")
         {
-            controller, fingerprint, ca, tokens, listen, stunListen, advertise,
+            controller, fingerprint, ca, tokens, listen, stunListen, advertise, metrics, state,
         };
         command.SetAction((parse, ct) => FerryCommandLine.GuardAsync(async () =>
         {
@@ -39,6 +41,8 @@ internal static class RelayCommand
                 TcpListen = Endpoints(parse.GetValue(listen)!, "--listen"),
                 StunListen = Endpoints(parse.GetValue(stunListen)!, "--stun"),
                 Advertise = parse.GetValue(advertise),
+                StateDirectory = parse.GetValue(state),
+                MetricsListen = OpsOptions.ParseMetricsListen(parse, metrics),
             }, loggers);
             await daemon.RunAsync(ct);
             return ct.IsCancellationRequested ? 0 : 3;

@@ -54,7 +54,7 @@ public sealed class ClusterLab : IAsyncDisposable
         var controller = await ControllerInstance.StartAsync(StoreKind.Postgres, ["--replica-id", "a", .. controllerArgs]);
         var replica = await controller.StartReplicaAsync("b", controllerArgs);
         var dir = System.IO.Directory.CreateTempSubdirectory("ferry-cluster-").FullName;
-        var relay = await TestDeployment.StartRelayAsync(controller, dir, ct, $"{controller.Url},{replica.Url}");
+        var relay = await TestDeployment.StartRelayAsync(controller, dir, ct, "--controller", $"{controller.Url},{replica.Url}");
         var echo = new EchoServer(IPAddress.Loopback);
         await controller.AdminAsync("network", "create", "corp");
         await controller.AdminAsync("resource", "add", "127.0.0.1", "--network", "corp", "--name", "svc", "--tcp", echo.Port.ToString(System.Globalization.CultureInfo.InvariantCulture));

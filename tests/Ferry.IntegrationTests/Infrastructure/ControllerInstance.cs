@@ -30,7 +30,7 @@ public sealed class ControllerInstance : IAsyncDisposable
     public string Fingerprint { get; private set; } = "";
     public string ApiKey { get; private set; } = "";
 
-    /// <summary>The PostgreSQL database's connection string; null on SQLite.</summary>
+    /// <summary>The PostgreSQL connection string the controller runs on; null for SQLite.</summary>
     public string? DatabaseConnectionString => _database.ConnectionString;
 
     private string[] _extra = [];

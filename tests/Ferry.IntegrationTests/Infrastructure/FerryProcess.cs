@@ -90,9 +90,16 @@ public sealed partial class FerryProcess : IAsyncDisposable
             info.ArgumentList.Add(arg);
         }
         // Tests must not inherit an operator's settings.
-        foreach (var key in new[] { "FERRY_CONTROLLER", "FERRY_API_KEY", "FERRY_CONTROLLER_FINGERPRINT", "FERRY_ACCESS_TOKEN", "FERRY_REFRESH_TOKEN", "FERRY_PASSWORD" })
+        foreach (var key in new[] { "FERRY_CONTROLLER", "FERRY_API_KEY", "FERRY_CONTROLLER_FINGERPRINT", "FERRY_ACCESS_TOKEN", "FERRY_REFRESH_TOKEN", "FERRY_PASSWORD", "FERRY_METRICS_LISTEN", "FERRY_CLIENT_STATE", "FERRY_CONNECTOR_STATE", "FERRY_RELAY_STATE" })
         {
             info.Environment.Remove(key);
+        }
+        // Connectors and relays serve a control socket in their state folder (~/.ferry/<kind> by default), and refuse to
+        // start beside another one there: each test daemon gets a folder of its own unless the test names one.
+        var first = netns is null ? 0 : 4;
+        if (info.ArgumentList.Count > first && info.ArgumentList[first] is "connector" or "relay" && !info.ArgumentList.Contains("--state"))
+        {
+            info.Environment[$"FERRY_{info.ArgumentList[first].ToUpperInvariant()}_STATE"] = Directory.CreateTempSubdirectory($"ferry-{info.ArgumentList[first]}-").FullName;
         }
         foreach (var (key, value) in env ?? new Dictionary<string, string?>())
         {
