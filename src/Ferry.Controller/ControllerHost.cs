@@ -250,6 +250,10 @@ public static class ControllerHost
         output.WriteLine($"  daemons and operators:  {edge.PublicEndPoint}");
         output.WriteLine($"  core links:             {edge.LinkEndPoint}");
         output.Flush();
+        // Ready while the core has a link here: without one, daemons' connections are closed after a wait.
+        await using var ops = options.MetricsListen is null ? null
+            : await OpsServer.StartAsync(OpsServer.ParseListen(options.MetricsListen), [], new DelegateReadiness(() => edge.LiveLinks > 0 ? null : "no link from the core"),
+                loggers.CreateLogger("Ferry.Controller.Edge"), ct);
         await edge.RunAsync(ct);
         return 0;
     }

@@ -110,13 +110,24 @@ public sealed class ControllerEdgeTests
             var wrong = Path.Combine(dir, "wrong.secret");
             await File.WriteAllTextAsync(right, new string('r', 40), Ct);
             await File.WriteAllTextAsync(wrong, new string('w', 40), Ct);
-            var edge = await Edge.StartAsync("edge", right);
+            var edge = await Edge.StartAsync("edge", right, null, "--metrics-listen", "127.0.0.1:0");
             await using var edgeProcess = edge.Process;
+            const string marker = "Health and metrics on ";
+            var metricsLine = await edge.Process.WaitForLineAsync(l => l.Contains(marker, StringComparison.Ordinal), TimeSpan.FromSeconds(10), "the edge's metrics listener");
+            var readyz = new Uri(new Uri(metricsLine.Split(marker)[1].Split(' ')[0]), "/readyz");
             await using var core = FerryProcess.Start("core", ["controller", "--role", "core", "--data", Path.Combine(dir, "core"), "--edge", edge.Links,
                 "--edge-secret-file", wrong, "--public-url", edge.Url]);
             await core.WaitForLineAsync(l => l.Contains("core and edge have different --edge-secret-file contents", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "the refusal");
             await edge.Process.WaitForLineAsync(l => l.Contains("Refused a core link from", StringComparison.Ordinal) && l.Contains("it does not know the edge secret", StringComparison.Ordinal),
                 TimeSpan.FromSeconds(10), "the edge's refusal");
+            // Without a link from its core, an edge says it cannot serve.
+            using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) })
+            {
+                var answer = await http.GetAsync(readyz, Ct);
+                Assert.Equal(System.Net.HttpStatusCode.ServiceUnavailable, answer.StatusCode);
+                Assert.Contains("no link from the core", await answer.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+            }
+
             // Nobody gets through an edge without its core: the connection is closed, not left hanging.
             using var tcp = new System.Net.Sockets.TcpClient();
             await tcp.ConnectAsync(System.Net.IPEndPoint.Parse(new Uri(edge.Url).Authority), Ct);
@@ -141,11 +152,11 @@ public sealed class ControllerEdgeTests
     private sealed record Edge(FerryProcess Process, string Url, string Links)
     {
         /// <summary>Starts an edge on free ports, or on the ports of <paramref name="previous"/> (a restart).</summary>
-        public static async Task<Edge> StartAsync(string name, string secret, Edge? previous = null)
+        public static async Task<Edge> StartAsync(string name, string secret, Edge? previous = null, params string[] extra)
         {
             var listen = previous is null ? "127.0.0.1:0" : new Uri(previous.Url).Authority;
             var links = previous?.Links ?? "127.0.0.1:0";
-            var process = FerryProcess.Start(name, ["controller", "--role", "edge", "--listen", listen, "--link-listen", links, "--edge-secret-file", secret]);
+            var process = FerryProcess.Start(name, ["controller", "--role", "edge", "--listen", listen, "--link-listen", links, "--edge-secret-file", secret, .. extra]);
             var publicLine = await process.WaitForLineAsync(l => l.Contains("daemons and operators:", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "the edge's public address");
             var linkLine = await process.WaitForLineAsync(l => l.Contains("core links:", StringComparison.Ordinal), TimeSpan.FromSeconds(5), "the edge's link address");
             return new Edge(process, "https://" + publicLine.Split("daemons and operators:")[1].Trim(), linkLine.Split("core links:")[1].Trim());

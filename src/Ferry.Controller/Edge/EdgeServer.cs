@@ -38,6 +38,9 @@ public sealed partial class EdgeServer : IAsyncDisposable
     /// <summary>Where the core's links connect.</summary>
     public IPEndPoint LinkEndPoint => (IPEndPoint)_links.LocalEndPoint!;
 
+    /// <summary>Idle links from the core ready for a daemon's connection now.</summary>
+    public int LiveLinks => Volatile.Read(ref _live);
+
     /// <summary>Binds both listeners; fails with the reason when an address is taken or wrong.</summary>
     public static EdgeServer Bind(IPEndPoint publicEndPoint, IPEndPoint linkEndPoint, byte[] secret, ILogger logger)
     {
