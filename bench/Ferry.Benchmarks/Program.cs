@@ -6,6 +6,12 @@ using Ferry.Quic;
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- quic [--size-mib 256] [--runs 5] [--requests 1000] [--connections 200]
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- time-to-direct [--runs 3]   (as root: network namespaces)
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- failover [--runs 3]
+// dotnet run -c Release --project bench/Ferry.Benchmarks -- e2e [--runs 3] [--size-mib 128] [--requests 2000] [--connections 200]
+if (args is [EndToEnd.Command, ..])
+{
+    return await EndToEnd.RunAsync(args);
+}
+
 if (args is [{ } command, ..] && HarnessFigure.All.FirstOrDefault(f => f.Command == command) is { } figure)
 {
     return await figure.RunAsync(args);
@@ -14,7 +20,7 @@ if (args is [{ } command, ..] && HarnessFigure.All.FirstOrDefault(f => f.Command
 var options = Options.Parse(args);
 if (options is null)
 {
-    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]\n       Ferry.Benchmarks failover [--runs N]");
+    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]\n       Ferry.Benchmarks failover [--runs N]\n       Ferry.Benchmarks e2e [--runs N] [--size-mib N] [--requests N] [--connections N]");
     return 2;
 }
 
