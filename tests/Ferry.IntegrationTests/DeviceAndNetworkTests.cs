@@ -35,7 +35,7 @@ public sealed class DeviceAndNetworkTests
         Assert.Equal("app", device.GetProperty("owner").GetString());
 
         var removedAt = Stopwatch.StartNew();
-        await controller.AdminAsync("device", "remove", id);
+        await controller.DeleteAsync("/api/v1/devices/" + id);
         using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
         bound.CancelAfter(TimeSpan.FromSeconds(5));
         try
@@ -101,7 +101,7 @@ public sealed class DeviceAndNetworkTests
             var loopbackPolicy = (await controller.AdminJsonAsync<JsonElement[]>("policy", "list", "--json"))
                 .Single(p => p.GetProperty("resource").GetString() == "loopback").GetProperty("id").GetString()!;
             var revokedAt = Stopwatch.StartNew();
-            await controller.AdminAsync("policy", "revoke", loopbackPolicy);
+            await controller.DeleteAsync("/api/v1/policies/" + loopbackPolicy);
             using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
             bound.CancelAfter(TimeSpan.FromSeconds(5));
             try

@@ -106,7 +106,12 @@ public sealed class UdpFlowTests
         var name = await client.WaitForLineAsync(l => l.Contains("socks5 udp flow to nothing.example:53 refused", StringComparison.Ordinal), TimeSpan.FromSeconds(10), "name refusal logged");
         Assert.Contains("no resource covers the name 'nothing.example'", name, StringComparison.Ordinal);
 
-        Assert.Null(await association.ReceiveAsync(TimeSpan.FromSeconds(1), ct));
+        // Nothing but a late duplicate of the first round trip (UDP: a loaded machine may have made it retry) may arrive.
+        var quietUntil = DateTime.UtcNow + TimeSpan.FromSeconds(1);
+        while (DateTime.UtcNow < quietUntil && await association.ReceiveAsync(quietUntil - DateTime.UtcNow, ct) is { } late)
+        {
+            Assert.True(late.Port == echo.Port && late.Payload.AsSpan().SequenceEqual(Payload(1, 32)), $"a datagram arrived that policy refused: from port {late.Port}, {Convert.ToHexString(late.Payload)}");
+        }
         Assert.Equal(0, outside.Received);
         Assert.DoesNotContain($"127.0.0.1:{outside.Port}", deployment.Connector.Output, StringComparison.Ordinal);
         // The association itself goes on.
@@ -146,7 +151,7 @@ public sealed class UdpFlowTests
 
         var policy = (await controller.AdminJsonAsync<JsonElement[]>("policy", "list")).Single().GetProperty("id").GetString()!;
         var revokedAt = Stopwatch.StartNew();
-        await controller.AdminAsync("policy", "revoke", policy);
+        await controller.DeleteAsync("/api/v1/policies/" + policy);
         var line = await client.WaitForLineAsync(l => l.Contains($"flow to 127.0.0.1:{echo.Port} from", StringComparison.Ordinal) && l.Contains("closed", StringComparison.Ordinal),
             TimeSpan.FromSeconds(5), "the UDP flow's end");
         Assert.True(revokedAt.Elapsed < TimeSpan.FromSeconds(2), $"the UDP flow ended {revokedAt.Elapsed.TotalMilliseconds:0} ms after the revocation");

@@ -149,6 +149,17 @@ public sealed class ControllerInstance : IAsyncDisposable
         return result.Stdout;
     }
 
+    /// <summary>
+    /// DELETE on the admin API (a revocation, a removal), requiring success. Tests that time what follows use this rather than
+    /// the CLI, so the clock measures the controller and the data plane, not the start of a process.
+    /// </summary>
+    public async Task DeleteAsync(string path)
+    {
+        using var http = Http();
+        var response = await http.DeleteAsync(path, TestContext.Current.CancellationToken);
+        Assert.True(response.IsSuccessStatusCode, $"DELETE {path}: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)}");
+    }
+
     /// <summary>Runs 'ferry admin … --json' and parses the output.</summary>
     public async Task<T> AdminJsonAsync<T>(params string[] args)
     {
