@@ -208,7 +208,9 @@ public sealed partial class HelmChartTests
     {
         var secret = SecretCommandPattern().Match(deploy.Helm);
         Assert.True(secret.Success, $"no 'kubectl create secret' in:\n{deploy.Helm}");
-        Assert.Equal(tokens, TokenFile.Parse(secret.Groups[2].Value.Replace("'\\''", "'", StringComparison.Ordinal), "the Helm instructions"));
+        // The tokens go in from a file the operator saves, so they never appear on a command line (ps, shell history).
+        Assert.Equal($"{AdminEndpointsKey(tokens.Name!)}.tokens.json", secret.Groups[2].Value);
+        Assert.DoesNotContain(tokens.RefreshToken, deploy.Helm, StringComparison.Ordinal);
         // The lines between step 2 and step 3 are the values entry, as the operator pastes it.
         var lines = deploy.Helm.Split('\n');
         var entry = string.Join('\n', lines.SkipWhile(l => !l.StartsWith("# 2.", StringComparison.Ordinal)).Skip(1).TakeWhile(l => !l.StartsWith("# 3.", StringComparison.Ordinal)));
@@ -289,6 +291,6 @@ public sealed partial class HelmChartTests
     [GeneratedRegex(@"^\| `([^`]+)` \|", RegexOptions.Multiline)]
     private static partial Regex TableRowPattern();
 
-    [GeneratedRegex(@"kubectl create secret generic (\S+) --from-literal=tokens\.json='(.*?)'\n", RegexOptions.Singleline)]
+    [GeneratedRegex(@"kubectl create secret generic (\S+) --from-file=tokens\.json=(\S+)\n")]
     private static partial Regex SecretCommandPattern();
 }

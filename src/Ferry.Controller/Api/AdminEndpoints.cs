@@ -343,8 +343,8 @@ public static partial class AdminEndpoints
     {
         var name = file.Name ?? file.Id;
         var secret = $"ferry-{part}-{HelmKey(name)}";
-        // The JSON goes inside single quotes; it has none of its own, but a quote is closed and escaped should one appear.
-        var tokens = file.ToJson().Replace("'", "'\\''", StringComparison.Ordinal);
+        // From a file, never the command line: arguments show in ps and in shell history.
+        var tokensFile = $"{HelmKey(name)}.tokens.json";
         var entry = part == "relay"
             ? $"""
               relays:
@@ -359,8 +359,9 @@ public static partial class AdminEndpoints
                   tokenSecret: {secret}
               """;
         return $"""
-            # 1. The tokens, in the {part}'s own Secret (they are single-owner: one Secret per {part}):
-            kubectl create secret generic {secret} --from-literal=tokens.json='{tokens}'
+            # 1. Save the tokens file shown with these instructions as {tokensFile} (mode 0600), and put it in the {part}'s own
+            #    Secret (tokens are single-owner: one Secret per {part}); then delete the file:
+            kubectl create secret generic {secret} --from-file=tokens.json={tokensFile}
             # 2. Add this entry to the '{(part == "relay" ? "relays" : "connectors")}' list of your values file (keep the entries already there):
             {entry}
             # 3. Apply it:
