@@ -134,6 +134,7 @@ public static class ControllerHost
         builder.Services.AddSingleton<MfaSessions>();
         builder.Services.AddHostedService(services => services.GetRequiredService<MfaSessions>());
         builder.Services.AddSingleton<Security.SecurityEvents>();
+        builder.Services.AddSingleton<Security.SignInThrottle>();
         builder.Services.AddSingleton(database);
         builder.Services.AddHealthChecks().AddCheck<DatabaseHealthCheck>("database", tags: [OpsServer.ReadyTag]);
         builder.Services.AddConsole(options, Path.GetFullPath(options.DataDirectory));

@@ -136,6 +136,29 @@ public sealed partial class OperatorTests
     private static partial Regex CsrfPattern();
 
     [Fact]
+    public async Task Five_failed_console_sign_ins_lock_the_operator_for_the_window_even_with_the_right_code()
+    {
+        await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);
+        var env = controller.AdminEnv();
+        env["FERRY_PASSWORD"] = "a long operator password";
+        var created = await FerryCli.RunAsync(["admin", "operator", "create", "ops", "--json"], env);
+        Assert.True(created.ExitCode == 0, created.ToString());
+        var secret = Totp.FromBase32(JsonSerializer.Deserialize<OperatorCreated>(created.Stdout, ControllerInstance.Json)!.TotpSecret)!;
+        using var browser = Browser(controller);
+        var token = CsrfToken(await browser.GetStringAsync("/console/login", Ct));
+        for (var i = 0; i < 5; i++)
+        {
+            var wrong = await PostAsync(browser, "/console/login", new() { ["csrf"] = token, ["name"] = "ops", ["password"] = $"guess {i}", ["code"] = WrongCode(secret) });
+            Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
+        }
+        var locked = await PostAsync(browser, "/console/login", new() { ["csrf"] = token, ["name"] = " ops ", ["password"] = "a long operator password", ["code"] = Totp.Code(secret, Totp.StepAt(DateTimeOffset.UtcNow)) });
+        Assert.Equal(HttpStatusCode.TooManyRequests, locked.StatusCode);
+        Assert.Contains("too many failed sign-ins for this account", await locked.Content.ReadAsStringAsync(Ct), StringComparison.Ordinal);
+        var events = JsonSerializer.Deserialize<SecurityEventView[]>(await controller.AdminAsync("security-events", "--kind", "sign-in-throttled", "--json"), ControllerInstance.Json)!;
+        Assert.Equal("ops", Assert.Single(events).Subject);
+    }
+
+    [Fact]
     public async Task An_operator_is_created_with_a_totp_secret_shown_once_listed_audited_and_removed()
     {
         await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);

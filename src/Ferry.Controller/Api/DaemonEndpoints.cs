@@ -51,20 +51,29 @@ public static class DaemonEndpoints
 
     private static string? SourceOf(HttpContext http) => http.Connection.RemoteIpAddress is { } ip ? (ip.IsIPv4MappedToIPv6 ? ip.MapToIPv4() : ip).ToString() : null;
 
-    private static async Task<IResult> LoginAsync(ClientLoginRequest request, ControllerStore store, PolicyEvaluator policy, ControllerOptions options, TimeProvider time, Security.SecurityEvents security, HttpContext http, ILoggerFactory loggers, CancellationToken ct)
+    private static async Task<IResult> LoginAsync(ClientLoginRequest request, ControllerStore store, PolicyEvaluator policy, ControllerOptions options, TimeProvider time, Security.SecurityEvents security,
+        Security.SignInThrottle throttle, HttpContext http, ILoggerFactory loggers, CancellationToken ct)
     {
         var logger = loggers.CreateLogger("Ferry.Controller.Clients");
+        // Keys are long random secrets, guessed by no one; the address limit still stops a flood. Passwords also count per user.
+        var account = string.IsNullOrEmpty(request.ServiceAccountKey) ? request.User : null;
+        if (await throttle.RefusalAsync(Security.SecurityEvents.ClientLoginFailed, account, SourceOf(http), ct) is { } throttled)
+        {
+            await security.RecordAsync(Security.SecurityEvents.SignInThrottled, account ?? "service-account", $"client sign-in refused unchecked: {throttled}", SourceOf(http), CancellationToken.None);
+            http.Response.Headers.RetryAfter = ((int)Security.SignInThrottle.Window.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            return Results.Problem(statusCode: 429, title: "Sign-in refused", detail: throttled);
+        }
         string ownerKind, ownerId;
         if (!string.IsNullOrEmpty(request.ServiceAccountKey))
         {
-            var account = await store.FindServiceAccountByKeyAsync(TokenFormat.Hash(request.ServiceAccountKey), ct);
-            if (account is null)
+            var serviceAccount = await store.FindServiceAccountByKeyAsync(TokenFormat.Hash(request.ServiceAccountKey), ct);
+            if (serviceAccount is null)
             {
                 Log.LoginRefused(logger, "a service account", "unknown key");
                 await security.RecordAsync(Security.SecurityEvents.ClientLoginFailed, "service-account", "client sign-in refused: unknown service account key", SourceOf(http), CancellationToken.None);
                 return Results.Problem(statusCode: 401, title: "Sign-in refused", detail: "service account key is not valid (it may have been removed)");
             }
-            (ownerKind, ownerId) = ("service-account", account.Id);
+            (ownerKind, ownerId) = ("service-account", serviceAccount.Id);
         }
         else if (!string.IsNullOrEmpty(request.User))
         {

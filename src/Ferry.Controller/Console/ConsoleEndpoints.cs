@@ -101,10 +101,19 @@ public static partial class ConsoleEndpoints
         });
     }
 
-    private static async Task<IResult> SignInAsync([FromForm] SignInForm form, HttpContext http, IAntiforgery antiforgery, ControllerStore store, TimeProvider time, Security.SecurityEvents security, ILoggerFactory loggers)
+    private static async Task<IResult> SignInAsync([FromForm] SignInForm form, HttpContext http, IAntiforgery antiforgery, ControllerStore store, TimeProvider time, Security.SecurityEvents security,
+        Security.SignInThrottle throttle, ILoggerFactory loggers)
     {
         var logger = loggers.CreateLogger("Ferry.Controller.Console");
         var from = http.Connection.RemoteIpAddress?.ToString() ?? "unknown";
+        // The name is the visitor's text: control characters could forge log lines.
+        var attempted = new string((form.Name ?? "").Trim().Where(c => !char.IsControl(c)).Take(64).ToArray());
+        if (await throttle.RefusalAsync(Security.SecurityEvents.ConsoleLoginFailed, attempted, from, http.RequestAborted) is { } throttled)
+        {
+            await security.RecordAsync(Security.SecurityEvents.SignInThrottled, attempted, $"console sign-in refused unchecked: {throttled}", from, CancellationToken.None);
+            http.Response.Headers.RetryAfter = ((int)Security.SignInThrottle.Window.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            return SignInPage(http, antiforgery, "Sign-in refused: " + throttled, StatusCodes.Status429TooManyRequests);
+        }
         var row = string.IsNullOrWhiteSpace(form.Name) ? null : await store.FindOperatorAsync(form.Name.Trim(), http.RequestAborted);
         // The page says only that sign-in failed; the log says why, for the operator who reads it.
         string? refusal = null;
@@ -133,10 +142,8 @@ public static partial class ConsoleEndpoints
         }
         if (refusal is not null)
         {
-            // The name is the visitor's text: control characters could forge log lines.
-            var name = new string((form.Name ?? "").Where(c => !char.IsControl(c)).Take(64).ToArray());
-            LogSignInRefused(logger, name, from, refusal);
-            await security.RecordAsync(Security.SecurityEvents.ConsoleLoginFailed, name, $"console sign-in refused: {refusal}", from, CancellationToken.None);
+            LogSignInRefused(logger, attempted, from, refusal);
+            await security.RecordAsync(Security.SecurityEvents.ConsoleLoginFailed, attempted, $"console sign-in refused: {refusal}", from, CancellationToken.None);
             return SignInPage(http, antiforgery, "Sign-in failed: check the name, the password and the code from your authenticator app.", StatusCodes.Status401Unauthorized);
         }
         var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, row!.Name), new Claim(OperatorIdClaim, row.Id)], Scheme);

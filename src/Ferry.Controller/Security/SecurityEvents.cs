@@ -38,6 +38,9 @@ public sealed partial class SecurityEvents(ControllerStore store, TimeProvider t
     /// <summary>A failed second factor of a user sign-in.</summary>
     public const string MfaFailed = "mfa-failed";
 
+    /// <summary>A sign-in refused unchecked, after too many failures for its account or from its address.</summary>
+    public const string SignInThrottled = "sign-in-throttled";
+
     private static readonly Counter<long> Recorded = ControllerMetrics.Meter.CreateCounter<long>("ferry.controller.security_events",
         description: "Security events recorded, by kind");
 

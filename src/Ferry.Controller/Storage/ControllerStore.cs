@@ -776,6 +776,15 @@ public sealed class ControllerStore(Database database)
             new { kind, since = since ?? 0L, limit })).AsList();
     }
 
+    /// <summary>Events of <paramref name="kind"/> since <paramref name="since"/> (unix ms) about <paramref name="subject"/>, or from <paramref name="source"/>, whichever is given.</summary>
+    public async Task<int> CountSecurityEventsAsync(string kind, string? subject, string? source, long since, CancellationToken ct)
+    {
+        await using var c = await OpenAsync(ct);
+        return await c.ExecuteScalarAsync<int>(
+            "SELECT COUNT(*) FROM security_events WHERE kind = @kind AND at >= @since" + (subject is null ? "" : " AND subject = @subject") + (source is null ? "" : " AND source = @source"),
+            new { kind, subject, source, since });
+    }
+
     public async Task<IReadOnlyList<AuditRow>> ListAuditAsync(int limit, CancellationToken ct)
     {
         await using var c = await OpenAsync(ct);

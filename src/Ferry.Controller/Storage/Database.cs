@@ -277,6 +277,8 @@ public sealed class Database : IAsyncDisposable
             source TEXT,
             message TEXT NOT NULL);
         CREATE INDEX IF NOT EXISTS ix_security_events_at ON security_events (at);
+        CREATE INDEX IF NOT EXISTS ix_security_events_kind_subject ON security_events (kind, subject, at);
+        CREATE INDEX IF NOT EXISTS ix_security_events_kind_source ON security_events (kind, source, at);
         """;
 
     public async ValueTask DisposeAsync()
