@@ -18,7 +18,7 @@ public sealed class FlowFuzzTests
     {
         var seed = Fuzzer.Seed(0x710E0001);
         var chunks = new Random(seed + 1);
-        Fuzzer.Run("flow-header", seed, Fuzzer.Iterations(30_000), Fuzzer.Corpus("flow-header"), input =>
+        Fuzzer.Run("flow-header", seed, Fuzzer.Iterations(15_000), Fuzzer.Corpus("flow-header"), input =>
         {
             var decoded = FlowHeader.TryDecode(input, out var header, out var consumed, out var error);
             FlowHeader? read = null;
@@ -71,7 +71,7 @@ public sealed class FlowFuzzTests
     {
         var seed = Fuzzer.Seed(0x710E0003);
         var chunks = new Random(seed + 1);
-        Fuzzer.Run("flow-reply", seed, Fuzzer.Iterations(30_000), Fuzzer.Corpus("flow-reply"), input =>
+        Fuzzer.Run("flow-reply", seed, Fuzzer.Iterations(20_000), Fuzzer.Corpus("flow-reply"), input =>
         {
             var decoded = FlowReply.TryDecode(input, out var reply, out var consumed, out var error);
             FlowReply? read = null;
@@ -131,7 +131,7 @@ public sealed class FlowFuzzTests
         var seed = Fuzzer.Seed(0x710E0005);
         var chunks = new Random(seed + 1);
         var buffer = new byte[UdpFlowFraming.MaxPayloadLength];
-        Fuzzer.Run("udp-record", seed, Fuzzer.Iterations(20_000), Fuzzer.Corpus("udp-record"), input =>
+        Fuzzer.Run("udp-record", seed, Fuzzer.Iterations(10_000), Fuzzer.Corpus("udp-record"), input =>
         {
             var stream = new ChunkedStream(input, chunks);
             var records = 0;
@@ -169,7 +169,7 @@ public sealed class FlowFuzzTests
     public void Udp_datagrams_name_a_flow_or_are_dropped_and_varints_round_trip()
     {
         var seed = Fuzzer.Seed(0x710E0006);
-        Fuzzer.Run("udp-datagram", seed, Fuzzer.Iterations(30_000), Fuzzer.Corpus("udp-datagram"), input =>
+        Fuzzer.Run("udp-datagram", seed, Fuzzer.Iterations(20_000), Fuzzer.Corpus("udp-datagram"), input =>
         {
             if (!UdpFlowFraming.TryDecodeDatagram(input, out var id, out var offset))
             {
@@ -185,7 +185,7 @@ public sealed class FlowFuzzTests
 
         var random = new Random(seed);
         var buffer = new byte[UdpFlowFraming.MaxVarintLength];
-        for (var i = 0; i < Fuzzer.Iterations(30_000); i++)
+        for (var i = 0; i < Fuzzer.Iterations(20_000); i++)
         {
             var value = random.Next(5) switch
             {
@@ -207,7 +207,7 @@ public sealed class FlowFuzzTests
     {
         var seed = Fuzzer.Seed(0x710E0007);
         var buffer = new byte[Socks5UdpHeader.MaxLength];
-        Fuzzer.Run("socks5-udp", seed, Fuzzer.Iterations(30_000), Fuzzer.Corpus("socks5-udp"), input =>
+        Fuzzer.Run("socks5-udp", seed, Fuzzer.Iterations(15_000), Fuzzer.Corpus("socks5-udp"), input =>
         {
             if (!Socks5UdpHeader.TryParse(input, out var host, out var port, out var headerLength, out var error))
             {

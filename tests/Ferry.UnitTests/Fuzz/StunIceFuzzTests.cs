@@ -22,7 +22,7 @@ public sealed class StunIceFuzzTests
         var seeds = Fuzzer.Corpus("stun-ice");
         var signed = seeds.Select(s => (Seed: s, Mi: CoveredPrefix(s, 0x0008), Mi256: CoveredPrefix(s, 0x001C))).ToArray();
         var verified = 0;
-        var result = Fuzzer.Run("stun-ice", Fuzzer.Seed(0x1CE0001), Fuzzer.Iterations(30_000), seeds, input =>
+        var result = Fuzzer.Run("stun-ice", Fuzzer.Seed(0x1CE0001), Fuzzer.Iterations(15_000), seeds, input =>
         {
             if (!StunMessage.TryParse(input, out var message, out var error))
             {
@@ -105,7 +105,7 @@ public sealed class StunIceFuzzTests
         var seed = Fuzzer.Seed(0x1CE0002);
         var random = new Random(seed + 1);
         var answered = 0;
-        Fuzzer.Run("ice-agent", seed, Fuzzer.Iterations(20_000), seeds, input =>
+        Fuzzer.Run("ice-agent", seed, Fuzzer.Iterations(10_000), seeds, input =>
         {
             var id = input.Length >= 20 ? StunTransactionId.Read(input.AsSpan(8)) : default;
             var before = input.Length >= 20 ? Answers(id) : 0;
