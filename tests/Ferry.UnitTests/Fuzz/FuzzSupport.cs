@@ -94,9 +94,10 @@ internal static class Fuzzer
         try
         {
             var property = prepare(input);
+            t_unmeasured = 0;
             var before = GC.GetAllocatedBytesForCurrentThread();
             ok = property();
-            allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            allocated = GC.GetAllocatedBytesForCurrentThread() - before - t_unmeasured;
         }
         catch (Exception e)
         {
@@ -114,6 +115,24 @@ internal static class Fuzzer
         if (ok)
         {
             accepted++;
+        }
+    }
+
+    [ThreadStatic]
+    private static long t_unmeasured;
+
+    /// <summary>Runs checks inside a property whose allocations are the test's, not the parser's (round trips, object-graph walks).</summary>
+    public static void Unmeasured(Action checks)
+    {
+        ArgumentNullException.ThrowIfNull(checks);
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        try
+        {
+            checks();
+        }
+        finally
+        {
+            t_unmeasured += GC.GetAllocatedBytesForCurrentThread() - before;
         }
     }
 

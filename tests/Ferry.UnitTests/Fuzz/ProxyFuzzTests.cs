@@ -26,6 +26,9 @@ public sealed class ProxyFuzzTests : FlowTestBase
     /// <summary>Longest a hostile connection may take to end: the handshake and open timeouts, and slack for a loaded machine.</summary>
     private static readonly TimeSpan EndBound = TimeSpan.FromSeconds(10);
 
+    /// <summary>Connections that connect and never send, held open beside the storm.</summary>
+    private const int IdleConnections = 100;
+
     /// <summary>Longest one well-behaved exchange may take while the storm goes on.</summary>
     private static readonly TimeSpan ServedBound = TimeSpan.FromSeconds(5);
 
@@ -184,6 +187,14 @@ public sealed class ProxyFuzzTests : FlowTestBase
             }
         }
 
+        // A slowloris crowd: connections that never send a byte, held open through the storm. Each must be closed by the
+        // handshake timeout, and none may keep the well-behaved client from being served.
+        var idle = new List<Socket>();
+        for (var i = 0; i < IdleConnections; i++)
+        {
+            idle.Add(await FlowTestSupport.ConnectAsync(proxy.LocalEndPoint, Token));
+        }
+
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(Token);
         var served = 0;
         var slowest = TimeSpan.Zero;
@@ -233,6 +244,19 @@ public sealed class ProxyFuzzTests : FlowTestBase
         Fuzzer.Log($"{name}: {inputs.Count} connections in {stormTime.TotalMilliseconds:0} ms ({string.Join(", ", outcomes.OrderBy(o => o.Key, StringComparer.Ordinal).Select(o => $"{o.Value} {o.Key}"))}); " +
             $"the well-behaved client was served {served} times meanwhile, slowest {slowest.TotalMilliseconds:0} ms");
         Assert.True(failures.IsEmpty, $"{name} (seed {seed}): {failures.Count} connections went wrong:\n{string.Join('\n', failures.Take(10))}");
+        foreach (var socket in idle)
+        {
+            using (socket)
+            {
+                using var bound = CancellationTokenSource.CreateLinkedTokenSource(Token);
+                bound.CancelAfter(EndBound);
+                // SOCKS5 closes silently; HTTP answers 408 first. Either way the connection must end within the bound.
+                var buffer = new byte[1024];
+                while (await socket.ReceiveAsync(buffer, SocketFlags.None, bound.Token) > 0)
+                {
+                }
+            }
+        }
         Assert.True(served > 0, "the well-behaved client was never served during the storm");
         errors.AssertNone();
         // Nothing is left behind: every connection the storm opened is gone.

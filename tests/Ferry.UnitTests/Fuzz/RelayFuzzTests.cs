@@ -148,6 +148,19 @@ public sealed class RelayFuzzTests : IDisposable
         }
     }
 
+    [Fact]
+    public void A_ticket_has_one_text_form_only()
+    {
+        var text = RelayTicket.Issue(_ca, Presenter, "connector/cn_1", _clock.GetUtcNow().AddMinutes(5)).Text;
+        Assert.True(RelayTicket.TryVerifyFor(text, Presenter, _ca, _clock, out _, out var error), error);
+        // Base64Url.DecodeFromChars skips whitespace and takes padding; none of these is the issued text.
+        foreach (var variant in new[] { text[..10] + "\n" + text[10..], text + " ", "\t" + text, text + "==", text[..20] + "\r\n" + text[20..] })
+        {
+            Assert.False(RelayTicket.TryVerifyFor(variant, Presenter, _ca, _clock, out _, out error));
+            Assert.Contains("malformed", error, StringComparison.Ordinal);
+        }
+    }
+
     private bool Verify(string text, HashSet<string> issued)
     {
         if (!RelayTicket.TryVerifyFor(text, Presenter, _ca, _clock, out var ticket, out var error))
