@@ -28,6 +28,8 @@ public sealed class RelayTicket
     internal const int IdLength = 16;
     internal const int SignatureLength = 64;
     private const int FixedHeaderLength = 1 + IdLength + 8;
+    private static readonly System.Buffers.SearchValues<char> s_base64UrlAlphabet =
+        System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
     private static readonly byte[] s_domainLabel = Encoding.ASCII.GetBytes("ferry relay ticket v1\0");
 
     private RelayTicket(byte[] id, string peerA, string peerB, DateTimeOffset notAfter, string text)
@@ -65,7 +67,8 @@ public sealed class RelayTicket
         string.Equals(identity, PeerB, StringComparison.Ordinal) ? PeerA : null;
 
     /// <summary>True when the ticket is still valid at <paramref name="now"/>, allowing <see cref="ClockTolerance"/>.</summary>
-    public bool IsValidAt(DateTimeOffset now) => now <= NotAfter + ClockTolerance;
+    // The tolerance goes on the side of now: NotAfter may be as late as DateTimeOffset.MaxValue, and adding to it would throw.
+    public bool IsValidAt(DateTimeOffset now) => now - ClockTolerance <= NotAfter;
 
     /// <inheritdoc />
     public override string ToString() => Text;
@@ -161,6 +164,13 @@ public sealed class RelayTicket
         if (string.IsNullOrEmpty(text) || text.Length > MaxTextLength)
         {
             error = "malformed ticket: empty or too long";
+            return RelayRefusal.TicketMalformed;
+        }
+
+        // The decoder skips whitespace and takes padding; refusing both keeps one text per ticket, as issued.
+        if (text.AsSpan().ContainsAnyExcept(s_base64UrlAlphabet))
+        {
+            error = "malformed ticket: not base64url";
             return RelayRefusal.TicketMalformed;
         }
 

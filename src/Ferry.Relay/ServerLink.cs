@@ -452,6 +452,7 @@ internal sealed class ServerLink
             set => Volatile.Write(ref _notAfter, value.ToUnixTimeSeconds());
         }
 
-        public bool IsValidAt(DateTimeOffset now) => now <= NotAfter + RelayTicket.ClockTolerance;
+        // As RelayTicket.IsValidAt: a ticket may expire at DateTimeOffset.MaxValue, so the tolerance comes off now.
+        public bool IsValidAt(DateTimeOffset now) => now - RelayTicket.ClockTolerance <= NotAfter;
     }
 }

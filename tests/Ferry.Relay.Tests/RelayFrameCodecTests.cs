@@ -111,7 +111,10 @@ public sealed class RelayFrameCodecTests
         var watch = Stopwatch.StartNew();
         var frames = 0;
         var invalid = 0;
-        for (var round = 0; round < 50_000 && watch.Elapsed < TimeSpan.FromSeconds(5); round++)
+        // FERRY_FUZZ_ITERATIONS asks for a long run (docs/reliability.md): then the count rules, not the CI time budget.
+        var requested = int.TryParse(Environment.GetEnvironmentVariable("FERRY_FUZZ_ITERATIONS"), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var n) && n > 0 ? n : (int?)null;
+        var budget = requested is null ? TimeSpan.FromSeconds(5) : TimeSpan.MaxValue;
+        for (var round = 0; round < (requested ?? 50_000) && watch.Elapsed < budget; round++)
         {
             byte[] input;
             if (random.Next(3) == 0)

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Text.Json.Serialization.Metadata;
 
 namespace Ferry.Core.ControlPlane;
 
@@ -29,13 +30,72 @@ namespace Ferry.Core.ControlPlane;
 [JsonDerivedType(typeof(ActivityMessage), "activity")]
 public abstract record SessionMessage
 {
+    // Handlers trust the declared types, and a peer's JSON is not bound by them: a message missing a non-nullable member, or with
+    // null in an array of non-nullable items, is refused here (Deserialize answers null) instead of failing deep in a handler.
+    // Nullable members stay optional, and members added later are nullable or have a default, so older peers' messages still bind.
+    private static readonly JsonTypeInfo<SessionMessage> s_strict = (JsonTypeInfo<SessionMessage>)new JsonSerializerOptions(SessionJsonContext.Default.Options)
+    {
+        TypeInfoResolver = SessionJsonContext.Default.WithAddedModifier(RefuseMissingMembers),
+    }.GetTypeInfo(typeof(SessionMessage));
+
+    private static void RefuseMissingMembers(JsonTypeInfo info)
+    {
+        if (info.Kind != JsonTypeInfoKind.Object)
+        {
+            return;
+        }
+        var arrays = new List<JsonPropertyInfo>();
+        var numbers = new List<JsonPropertyInfo>();
+        foreach (var property in info.Properties)
+        {
+            if (property.PropertyType == typeof(double) || property.PropertyType == typeof(double?))
+            {
+                numbers.Add(property);
+            }
+            if (property.PropertyType.IsValueType)
+            {
+                continue;
+            }
+            if (!property.IsSetNullable)
+            {
+                property.IsRequired = true;
+            }
+            if (property.PropertyType.IsArray && property.PropertyType.GetElementType() is { IsValueType: false } && property.Get is not null)
+            {
+                arrays.Add(property);
+            }
+        }
+        if (arrays.Count == 0 && numbers.Count == 0)
+        {
+            return;
+        }
+        info.OnDeserialized = value =>
+        {
+            foreach (var property in arrays)
+            {
+                if (property.Get!(value) is object?[] items && Array.IndexOf(items, null) >= 0)
+                {
+                    throw new JsonException($"'{property.Name}' holds null where every item must be present");
+                }
+            }
+            // 1e400 reads as infinity, which no JSON writer takes: the controller, storing or passing the message on, would throw.
+            foreach (var property in numbers)
+            {
+                if (property.Get?.Invoke(value) is double number && !double.IsFinite(number))
+                {
+                    throw new JsonException($"'{property.Name}' is not a finite number");
+                }
+            }
+        };
+    }
+
     public static string Serialize(SessionMessage message) => JsonSerializer.Serialize(message, SessionJsonContext.Default.SessionMessage);
 
     public static SessionMessage? Deserialize(ReadOnlySpan<byte> utf8)
     {
         try
         {
-            return JsonSerializer.Deserialize(utf8, SessionJsonContext.Default.SessionMessage);
+            return JsonSerializer.Deserialize(utf8, s_strict);
         }
         catch (JsonException)
         {
@@ -196,6 +256,7 @@ public sealed record OwnerGrants(string Owner, string[] ResourceIds);
 /// </summary>
 public sealed record ResourceGrant(string Id, string Name, string Network, string Address, string Tcp, string Udp, string? Locked = null);
 
-[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+// RespectNullableAnnotations refuses an explicit null where the type has none; SessionMessage.RefuseMissingMembers does the rest.
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, RespectNullableAnnotations = true)]
 [JsonSerializable(typeof(SessionMessage))]
 internal sealed partial class SessionJsonContext : JsonSerializerContext;
