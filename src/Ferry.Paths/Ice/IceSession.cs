@@ -108,7 +108,15 @@ public sealed class IceSession
             long now = Stopwatch.GetTimestamp();
             foreach (var candidate in candidates)
             {
-                if (!_targets.ContainsKey(candidate.EndPoint) && _targets.Count < MaxTargets)
+                if (_targets.TryGetValue(candidate.EndPoint, out var known))
+                {
+                    // A check from this address may have come before the offer naming it: what the peer signals says what it is.
+                    if (known.Candidate.Kind == CandidateKind.PeerReflexive && candidate.Kind != CandidateKind.PeerReflexive)
+                    {
+                        known.Candidate = candidate;
+                    }
+                }
+                else if (_targets.Count < MaxTargets)
                 {
                     _targets[candidate.EndPoint] = new CheckTarget(candidate);
                 }
@@ -371,7 +379,7 @@ public sealed class IceSession
         private int _burstSent;
         private long _burstStart;
 
-        public Candidate Candidate { get; } = candidate;
+        public Candidate Candidate { get; set; } = candidate;
 
         /// <summary>Transmissions left in the current search burst.</summary>
         public int Remaining { get; private set; }
