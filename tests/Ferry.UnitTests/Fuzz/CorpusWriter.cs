@@ -10,7 +10,7 @@ namespace Ferry.UnitTests.Fuzz;
 
 /// <summary>
 /// Writes the binary seed corpora from the real encoders, so the committed seeds match the wire format. Run it after a wire
-/// change: FERRY_FUZZ_WRITE_CORPUS=$PWD/tests/Ferry.UnitTests/Corpus dotnet test tests/Ferry.UnitTests --no-build --filter "FullyQualifiedName~CorpusWriter".
+/// change: FERRY_FUZZ_WRITE_CORPUS=$PWD/tests/Ferry.UnitTests/Corpus dotnet test tests/Ferry.UnitTests --no-build --filter "FullyQualifiedName~CorpusWriter" -- xUnit.Explicit=on.
 /// The text corpora (SOCKS5, HTTP CONNECT, admin API bodies) are written by hand.
 /// </summary>
 public sealed class CorpusWriter
@@ -18,11 +18,12 @@ public sealed class CorpusWriter
     /// <summary>The MESSAGE-INTEGRITY password of the STUN seeds; the ICE fuzz test verifies with it.</summary>
     internal const string StunPassword = "corpusCorpusCorpus0123456789";
 
-    [Fact]
+    // Explicit: a tool to run on demand (it rewrites committed files), not a check; the fuzz tests read what it wrote.
+    [Fact(Explicit = true)]
     public void WriteCorpora()
     {
         var root = Environment.GetEnvironmentVariable("FERRY_FUZZ_WRITE_CORPUS");
-        Assert.SkipWhen(string.IsNullOrEmpty(root), "set FERRY_FUZZ_WRITE_CORPUS to the Corpus folder to regenerate the binary seeds");
+        Assert.False(string.IsNullOrEmpty(root), "set FERRY_FUZZ_WRITE_CORPUS to the Corpus folder to regenerate the binary seeds");
         void Write(string parser, string name, ReadOnlySpan<byte> bytes)
         {
             Directory.CreateDirectory(Path.Combine(root!, parser));
