@@ -5,6 +5,7 @@ using Ferry.IntegrationTests.Infrastructure;
 namespace Ferry.IntegrationTests;
 
 /// <summary>Issue 9: scripts/publish.sh makes the self-contained 'ferry' for linux-x64 and linux-arm64 (runtime packs through NuGet restore).</summary>
+[Collection(nameof(PublishTests))]
 public sealed class PublishTests
 {
     private static readonly string Script = Path.Combine(Repository.Root, "scripts", "publish.sh");
@@ -64,3 +65,10 @@ public sealed class PublishTests
         return ExternalProcess.CaptureAsync(info, timeout, TestContext.Current.CancellationToken);
     }
 }
+
+/// <summary>
+/// Publishing both architectures keeps both cores busy for minutes; alone, after the parallel tests, it cannot starve the
+/// tests that hold processes to time bounds (failover within 3 s, revocation within 2 s).
+/// </summary>
+[CollectionDefinition(nameof(PublishTests), DisableParallelization = true)]
+public sealed class PublishCollection;

@@ -89,9 +89,6 @@ public sealed class SessionRegistry
     public void RemoveCloser(string identity, Func<string, Task> close)
         => _closers.TryRemove(new KeyValuePair<string, Func<string, Task>>(identity, close));
 
-    /// <summary>Whether this replica holds a session for <paramref name="identity"/> now.</summary>
-    public bool IsOnline(string identity) => _byIdentity.ContainsKey(identity);
-
     /// <summary>Ends the session of <paramref name="identity"/>, whichever replica holds it.</summary>
     public async Task DisconnectAsync(string identity, string reason)
     {

@@ -35,7 +35,8 @@ public sealed class ProxyFuzzTests : FlowTestBase
     [Fact]
     public async Task Socks5_refuses_or_closes_every_mutated_request_and_keeps_serving_others()
     {
-        await using var harness = await ProxyHarness.StartAsync(Token);
+        // A generous connect bound: the well-behaved client is judged by ServedBound, not by a fast-test timeout under a storm.
+        await using var harness = await ProxyHarness.StartAsync(Token, connectTimeout: ServedBound);
         var errors = new ErrorLog();
         await using var socks = new Socks5Server(harness.Routes, harness.Opener, Options, errors);
         await socks.StartAsync(Token);
@@ -55,7 +56,8 @@ public sealed class ProxyFuzzTests : FlowTestBase
     [Fact]
     public async Task Http_connect_refuses_or_closes_every_mutated_request_and_keeps_serving_others()
     {
-        await using var harness = await ProxyHarness.StartAsync(Token);
+        // A generous connect bound: the well-behaved client is judged by ServedBound, not by a fast-test timeout under a storm.
+        await using var harness = await ProxyHarness.StartAsync(Token, connectTimeout: ServedBound);
         var errors = new ErrorLog();
         await using var http = new HttpConnectProxy(harness.Routes, harness.Opener, Options, errors);
         await http.StartAsync(Token);
