@@ -77,17 +77,18 @@ public sealed partial class EdgeServer : IAsyncDisposable
     public async Task RunAsync(CancellationToken ct)
     {
         LogServing(_logger, PublicEndPoint.ToString(), LinkEndPoint.ToString());
-        await Task.WhenAll(AcceptLinksAsync(ct), AcceptDaemonsAsync(ct));
+        await Task.WhenAll(AcceptAsync(_links, socket => AuthenticateLinkAsync(socket, ct), ct), AcceptAsync(_public, socket => ServeAsync(socket, ct), ct));
     }
 
-    private async Task AcceptLinksAsync(CancellationToken ct)
+    /// <summary>Accepts on <paramref name="listener"/> until stopped, handing each connection to <paramref name="handle"/> on its own task.</summary>
+    private static async Task AcceptAsync(Socket listener, Func<Socket, Task> handle, CancellationToken ct)
     {
         while (!ct.IsCancellationRequested)
         {
             Socket socket;
             try
             {
-                socket = await _links.AcceptAsync(ct);
+                socket = await listener.AcceptAsync(ct);
             }
             catch (OperationCanceledException)
             {
@@ -97,7 +98,7 @@ public sealed partial class EdgeServer : IAsyncDisposable
             {
                 continue;
             }
-            _ = Task.Run(() => AuthenticateLinkAsync(socket, ct), CancellationToken.None);
+            _ = Task.Run(() => handle(socket), CancellationToken.None);
         }
     }
 
@@ -143,27 +144,6 @@ public sealed partial class EdgeServer : IAsyncDisposable
             }
         }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         _idle.Writer.TryWrite(link);
-    }
-
-    private async Task AcceptDaemonsAsync(CancellationToken ct)
-    {
-        while (!ct.IsCancellationRequested)
-        {
-            Socket daemon;
-            try
-            {
-                daemon = await _public.AcceptAsync(ct);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-            catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionAborted or SocketError.ConnectionReset)
-            {
-                continue;
-            }
-            _ = Task.Run(() => ServeAsync(daemon, ct), CancellationToken.None);
-        }
     }
 
     private async Task ServeAsync(Socket daemon, CancellationToken ct)
