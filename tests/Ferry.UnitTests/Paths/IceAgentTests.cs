@@ -20,6 +20,19 @@ public sealed class IceAgentTests
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     [Fact]
+    public async Task An_address_first_seen_in_a_check_takes_the_kind_its_owner_signals_later()
+    {
+        await using var net = new FakeNetwork { HoldAnswerUntilConnectorChecked = true };
+        var session = net.Client.Start(ConnectorId);
+        await WaitUntilAsync(() => session.Snapshot() is { HasRemote: true } s && s.Targets.Any(t => t.Alive && t.Candidate.EndPoint.Equals(ConnectorHost)),
+            () => $"{session.Snapshot()}; {net}");
+        // Learned as peer-reflexive from the check that came first; the answer then says it is the connector's host address.
+        Assert.Equal(CandidateKind.Host, session.Snapshot().Targets.Single(t => t.Candidate.EndPoint.Equals(ConnectorHost)).Candidate.Kind);
+        Assert.True(net.Delivered.TakeWhile(d => !(d.From.Equals(ClientHost) && d.To.Equals(ConnectorHost))).Any(d => d.From.Equals(ConnectorHost) && d.IsRequest),
+            "the connector's check must have reached the client before the client checked the connector: " + net);
+    }
+
+    [Fact]
     public async Task Both_ends_check_each_other_and_the_client_measures_the_direct_and_relayed_round_trips()
     {
         await using var net = new FakeNetwork();
@@ -139,12 +152,24 @@ public sealed class IceAgentTests
                 _ => Task.FromResult<IReadOnlyList<Candidate>>([new Candidate(CandidateKind.Host, ConnectorHost, Candidate.PriorityOf(CandidateKind.Host, 65535))]),
                 NullLogger.Instance);
             // Signaling: what the controller would forward, with the sender named as the peer.
-            Client.Signal = (offer, ct) => Connector.HandleSignalAsync(offer with { Peer = ClientId }, (answer, _) =>
+            Client.Signal = (offer, ct) => Connector.HandleSignalAsync(offer with { Peer = ClientId }, async (answer, _) =>
             {
                 ConnectorAnswer = answer;
-                return Client.HandleSignalAsync(answer with { Peer = ConnectorId }, (_, _) => Task.CompletedTask, ct);
+                if (HoldAnswerUntilConnectorChecked)
+                {
+                    // The controller is slow: the connector's first check reaches the client before its answer does.
+                    var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+                    while (!Delivered.Any(d => d.From.Equals(ConnectorHost) && d.To.Equals(ClientHost) && d.IsRequest) && DateTime.UtcNow < deadline)
+                    {
+                        await Task.Delay(10, ct);
+                    }
+                }
+                await Client.HandleSignalAsync(answer with { Peer = ConnectorId }, (_, _) => Task.CompletedTask, ct);
             }, ct);
         }
+
+        /// <summary>Deliver the connector's answer only after its first check has reached the client.</summary>
+        public bool HoldAnswerUntilConnectorChecked { get; init; }
 
         public IPEndPoint? ClientNat { get; init; }
 
