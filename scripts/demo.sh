@@ -91,7 +91,7 @@ echo "  $answer"
 
 say "Access to a private resource works: client -> QUIC over the relay -> connector -> service"
 echo "  logs:     $demo/{controller,relay,connector,client}.log"
-echo "  console:  the admin API is at $FERRY_CONTROLLER/api/v1 (OpenAPI at /openapi/v1.json); a web console comes later"
+echo "  console:  the admin API is at $FERRY_CONTROLLER/api/v1 (OpenAPI at /openapi/v1.json)"
 echo "  admin:    FERRY_CONTROLLER=$FERRY_CONTROLLER FERRY_CONTROLLER_FINGERPRINT=$FERRY_CONTROLLER_FINGERPRINT FERRY_API_KEY=\$(cat $demo/controller/admin.key) $ferry admin connector list"
 echo "  try:      curl --socks5-hostname $socks http://127.0.0.1:$service_port/"
 echo "            curl --proxytunnel --proxy http://$http_proxy http://127.0.0.1:$service_port/"

@@ -165,19 +165,8 @@ public sealed class ConnectorDaemon(ConnectorOptions options, ILoggerFactory log
         }
     }
 
-    private Core.Operations.DaemonStatus Status(DaemonSessionLoop loop) => new(
-        "connector",
-        loop.Session.Identity ?? $"connector/{loop.Tokens.Id}",
-        loop.Tokens.Name,
-        loop.CurrentController.ToString(),
-        loop.ConnectedSince is not null,
-        loop.ConnectedSince,
-        loop.LastError?.Error,
-        loop.LastError?.At,
-        [.. _dataPlane?.ConnectedRelays ?? []],
-        _live.Count,
-        _dataPlane is { } plane ? [$"udp {plane.LocalEndPoint}"] : [],
-        null);
+    private Core.Operations.DaemonStatus Status(DaemonSessionLoop loop)
+        => loop.Status([.. _dataPlane?.ConnectedRelays ?? []], _live.Count, _dataPlane is { } plane ? [$"udp {plane.LocalEndPoint}"] : [], null);
 
     /// <summary>
     /// Checks the network's resources from here every minute and soon after the access table changes: connectors of one

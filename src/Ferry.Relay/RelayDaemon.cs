@@ -124,15 +124,7 @@ public sealed partial class RelayDaemon(RelayDaemonOptions options, ILoggerFacto
     private static Ferry.Core.Operations.DaemonStatus Status(DaemonSessionLoop loop, RelayServer? server, StunServer stun)
     {
         var counters = server?.GetCounters();
-        return new(
-            "relay",
-            loop.Session.Identity ?? $"relay/{loop.Tokens.Id}",
-            loop.Tokens.Name,
-            loop.CurrentController.ToString(),
-            loop.ConnectedSince is not null,
-            loop.ConnectedSince,
-            loop.LastError?.Error,
-            loop.LastError?.At,
+        return loop.Status(
             [],
             counters?.PeersConnected ?? 0,
             [.. (server?.BoundEndpoints ?? []).Select(e => $"relay {e}"), .. stun.LocalEndPoints.Select(e => $"stun {e}")],

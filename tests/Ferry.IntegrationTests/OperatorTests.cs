@@ -20,11 +20,7 @@ public sealed partial class OperatorTests
     public async Task Console_sign_in_needs_password_and_a_fresh_totp_code_and_refuses_forged_posts()
     {
         await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite, "--console-idle-timeout", "3");
-        var env = controller.AdminEnv();
-        env["FERRY_PASSWORD"] = "a long operator password";
-        var created = await FerryCli.RunAsync(["admin", "operator", "create", "ops", "--json"], env);
-        Assert.True(created.ExitCode == 0, created.ToString());
-        var secret = Totp.FromBase32(JsonSerializer.Deserialize<OperatorCreated>(created.Stdout, ControllerInstance.Json)!.TotpSecret)!;
+        var (_, secret) = await CreateOpsAsync(controller);
         using var browser = Browser(controller);
 
         // The page itself: a form with an anti-forgery token and labelled fields, nothing fetched from elsewhere.
@@ -129,6 +125,17 @@ public sealed partial class OperatorTests
         return Enumerable.Range(0, 10).Select(i => $"{i}{i}{i}{i}{i}{i}").First(c => !current.Contains(c));
     }
 
+    /// <summary>Creates operator "ops" (password "a long operator password") through the CLI, as an administrator would.</summary>
+    private static async Task<(OperatorCreated Answer, byte[] Secret)> CreateOpsAsync(ControllerInstance controller)
+    {
+        var env = controller.AdminEnv();
+        env["FERRY_PASSWORD"] = "a long operator password";
+        var created = await FerryCli.RunAsync(["admin", "operator", "create", "ops", "--json"], env);
+        Assert.True(created.ExitCode == 0, created.ToString());
+        var answer = JsonSerializer.Deserialize<OperatorCreated>(created.Stdout, ControllerInstance.Json)!;
+        return (answer, Totp.FromBase32(answer.TotpSecret)!);
+    }
+
     [GeneratedRegex("<meta name=\"csrf\" content=\"([^\"]+)\">")]
     private static partial Regex MetaCsrfPattern();
 
@@ -139,11 +146,7 @@ public sealed partial class OperatorTests
     public async Task Five_failed_console_sign_ins_lock_the_operator_for_the_window_even_with_the_right_code()
     {
         await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);
-        var env = controller.AdminEnv();
-        env["FERRY_PASSWORD"] = "a long operator password";
-        var created = await FerryCli.RunAsync(["admin", "operator", "create", "ops", "--json"], env);
-        Assert.True(created.ExitCode == 0, created.ToString());
-        var secret = Totp.FromBase32(JsonSerializer.Deserialize<OperatorCreated>(created.Stdout, ControllerInstance.Json)!.TotpSecret)!;
+        var (_, secret) = await CreateOpsAsync(controller);
         using var browser = Browser(controller);
         var token = CsrfToken(await browser.GetStringAsync("/console/login", Ct));
         for (var i = 0; i < 5; i++)
@@ -162,11 +165,8 @@ public sealed partial class OperatorTests
     public async Task An_operator_is_created_with_a_totp_secret_shown_once_listed_audited_and_removed()
     {
         await using var controller = await ControllerInstance.StartAsync(StoreKind.Sqlite);
+        var (answer, _) = await CreateOpsAsync(controller);
         var env = controller.AdminEnv();
-        env["FERRY_PASSWORD"] = "a long operator password";
-        var created = await FerryCli.RunAsync(["admin", "operator", "create", "ops", "--json"], env);
-        Assert.True(created.ExitCode == 0, created.ToString());
-        var answer = JsonSerializer.Deserialize<OperatorCreated>(created.Stdout, ControllerInstance.Json)!;
         Assert.Equal("ops", answer.Operator.Name);
         Assert.StartsWith("op_", answer.Operator.Id, StringComparison.Ordinal);
         var secret = Totp.FromBase32(answer.TotpSecret);

@@ -51,6 +51,21 @@ public sealed partial class DaemonSessionLoop(ControllerEndpoints controllers, C
     /// <summary>The controller URL sessions and refreshes use now.</summary>
     public Uri CurrentController => controllers.Current;
 
+    /// <summary>This daemon's status for its control socket ('ferry status'): the session part from here, the rest from the daemon.</summary>
+    public Operations.DaemonStatus Status(string[] relayLinks, int flows, string[] listeners, IReadOnlyDictionary<string, long>? counters) => new(
+        _tokens.Kind,
+        Session.Identity ?? $"{_tokens.Kind}/{_tokens.Id}",
+        _tokens.Name,
+        CurrentController.ToString(),
+        ConnectedSince is not null,
+        ConnectedSince,
+        LastError?.Error,
+        LastError?.At,
+        relayLinks,
+        flows,
+        listeners,
+        counters);
+
     /// <summary>Runs until cancelled, then returns; throws <see cref="TokensRejectedException"/> when the tokens are dead for good.</summary>
     public async Task RunAsync(CancellationToken ct)
     {
