@@ -20,6 +20,10 @@ internal static class EndToEnd
 
     public static async Task<int> RunAsync(string[] args)
     {
+        if (args is [_, "--serve", var listen, "--parent", var parent])
+        {
+            return await ServeAsync(IPAddress.Parse(listen), int.Parse(parent, CultureInfo.InvariantCulture));
+        }
         int runs = 3, sizeMiB = 128, requests = 2000, connections = 200;
         for (int i = 1; i < args.Length; i++)
         {
@@ -65,6 +69,11 @@ internal static class EndToEnd
             else
             {
                 Console.Error.WriteLine("ssh -L left out: needs root and Debian's openssh-server and openssh-client");
+            }
+            await using var wireGuard = await WireGuardTunnel.TryStartAsync(processes, ct);
+            if (wireGuard is not null)
+            {
+                targets.Add(new("wireguard-go + kernel TCP", wireGuard.Server));
             }
             Console.WriteLine($"Ferry.Benchmarks e2e: {Environment.ProcessorCount} CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; "
                 + $"{sizeMiB} MiB bulk, {requests} requests, {connections} new connections, x {runs} runs, cases interleaved; direct path: {lab.DirectKind}");
@@ -243,15 +252,29 @@ internal static class EndToEnd
         return null;
     }
 
+    /// <summary>The bench server alone, for the far side of a tunnel in another network namespace; runs until the benchmark is gone.</summary>
+    private static async Task<int> ServeAsync(IPAddress address, int parent)
+    {
+        await using var server = new BenchServer(address);
+        Console.WriteLine(Inv($"listening {server.EndPoint}"));
+        // A benchmark killed without its clean-up must not leave this behind.
+        while (Directory.Exists($"/proc/{parent}"))
+        {
+            await Task.Delay(1000);
+        }
+        return 0;
+    }
+
     /// <summary>The far end of every case: 'B' then bytes until EOF, answered with one byte; 'E' then an echo of everything.</summary>
     private sealed class BenchServer : IAsyncDisposable
     {
-        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+        private readonly TcpListener _listener;
         private readonly CancellationTokenSource _stop = new();
         private readonly Task _accept;
 
-        public BenchServer()
+        public BenchServer(IPAddress? address = null)
         {
+            _listener = new(address ?? IPAddress.Loopback, 0);
             _listener.Start(512);
             _accept = Task.Run(AcceptAsync);
         }
@@ -447,6 +470,116 @@ internal static class EndToEnd
             var port = ((IPEndPoint)listener.LocalEndpoint).Port;
             listener.Stop();
             return port;
+        }
+    }
+
+    /// <summary>
+    /// The reference the issue names for a VPN: wireguard-go (Debian's package, userspace like Ferry) between this namespace and a
+    /// throw-away one over a veth, with kernel TCP inside the tunnel to a bench server in the other namespace.
+    /// </summary>
+    private sealed class WireGuardTunnel : IAsyncDisposable
+    {
+        private readonly string _namespace;
+
+        private WireGuardTunnel(string ns, IPEndPoint server)
+        {
+            _namespace = ns;
+            Server = server;
+        }
+
+        public IPEndPoint Server { get; }
+
+        public static async Task<WireGuardTunnel?> TryStartAsync(List<Proc> processes, CancellationToken ct)
+        {
+            string[] tools = ["/usr/bin/wireguard-go", "/usr/bin/wg", "/usr/bin/ip", "/dev/net/tun"];
+            if (Environment.UserName != "root" || tools.FirstOrDefault(t => !File.Exists(t)) is { } missing)
+            {
+                Console.Error.WriteLine("wireguard-go left out: needs root, Debian's wireguard-go, wireguard-tools and iproute2, and /dev/net/tun");
+                return null;
+            }
+            // Names carry the process id so two runs, or a leftover of a killed one, never collide.
+            var id = (Environment.ProcessId % 100000).ToString(CultureInfo.InvariantCulture);
+            var ns = $"fbwg{id}";
+            var tunnel = new WireGuardTunnel(ns, new IPEndPoint(IPAddress.Parse("10.202.0.2"), 0));
+            try
+            {
+                var (hostVeth, nsVeth, hostWg, nsWg) = ($"fbv{id}h", $"fbv{id}n", $"fbw{id}h", $"fbw{id}n");
+                async Task Run(params string[] args)
+                {
+                    var r = await Proc.RunAsync(args[0], args[1..], ct);
+                    if (r.Code != 0)
+                    {
+                        throw new InvalidOperationException($"{string.Join(' ', args)}: {r.Output}");
+                    }
+                }
+                async Task<string> Key(string file, string? privateKey = null)
+                {
+                    var r = privateKey is null ? await Proc.RunAsync("wg", ["genkey"], ct) : await Proc.RunAsync("sh", ["-c", $"wg pubkey < {privateKey}"], ct);
+                    await File.WriteAllTextAsync(file, r.Output.Trim() + "\n", ct);
+                    return r.Output.Trim();
+                }
+                await Run("ip", "netns", "add", ns);
+                await Run("ip", "link", "add", hostVeth, "type", "veth", "peer", "name", nsVeth);
+                await Run("ip", "link", "set", nsVeth, "netns", ns);
+                await Run("ip", "addr", "add", "10.201.0.1/30", "dev", hostVeth);
+                await Run("ip", "link", "set", hostVeth, "up");
+                await Run("ip", "-n", ns, "addr", "add", "10.201.0.2/30", "dev", nsVeth);
+                await Run("ip", "-n", ns, "link", "set", nsVeth, "up");
+                await Run("ip", "-n", ns, "link", "set", "lo", "up");
+                var keys = Directory.CreateTempSubdirectory("ferry-bench-wg-").FullName;
+                try
+                {
+                    var hostPrivate = Path.Combine(keys, "host");
+                    var nsPrivate = Path.Combine(keys, "ns");
+                    await Key(hostPrivate);
+                    await Key(nsPrivate);
+                    var hostPublic = await Key(Path.Combine(keys, "host.pub"), hostPrivate);
+                    var nsPublic = await Key(Path.Combine(keys, "ns.pub"), nsPrivate);
+                    var foreground = new Dictionary<string, string> { ["WG_PROCESS_FOREGROUND"] = "1" };
+                    var hostDaemon = Proc.Start("wireguard-go", [hostWg], foreground);
+                    processes.Add(hostDaemon);
+                    var nsDaemon = Proc.Start("ip", ["netns", "exec", ns, "wireguard-go", nsWg], foreground);
+                    processes.Add(nsDaemon);
+                    // The daemons print nothing when ready; their control sockets appearing is the sign.
+                    var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
+                    while (!(File.Exists($"/var/run/wireguard/{hostWg}.sock") && File.Exists($"/var/run/wireguard/{nsWg}.sock")))
+                    {
+                        if (DateTime.UtcNow > deadline)
+                        {
+                            throw new TimeoutException($"wireguard-go did not come up within 15 s:\n{hostDaemon.Output}\n{nsDaemon.Output}");
+                        }
+                        await Task.Delay(50, ct);
+                    }
+                    await Run("wg", "set", hostWg, "private-key", hostPrivate, "listen-port", "51901", "peer", nsPublic, "allowed-ips", "10.202.0.2/32", "endpoint", "10.201.0.2:51902");
+                    await Run("ip", "netns", "exec", ns, "wg", "set", nsWg, "private-key", nsPrivate, "listen-port", "51902", "peer", hostPublic, "allowed-ips", "10.202.0.1/32", "endpoint", "10.201.0.1:51901");
+                }
+                finally
+                {
+                    Directory.Delete(keys, recursive: true);
+                }
+                await Run("ip", "addr", "add", "10.202.0.1/24", "dev", hostWg);
+                await Run("ip", "link", "set", hostWg, "up");
+                await Run("ip", "-n", ns, "addr", "add", "10.202.0.2/24", "dev", nsWg);
+                await Run("ip", "-n", ns, "link", "set", nsWg, "up");
+                var server = Proc.Start("ip", ["netns", "exec", ns, Environment.ProcessPath!, Command, "--serve", "10.202.0.2", "--parent", Environment.ProcessId.ToString(CultureInfo.InvariantCulture)]);
+                processes.Add(server);
+                var line = await server.WaitForLineAsync("listening ", ct);
+                var endpoint = IPEndPoint.Parse(line[(line.LastIndexOf(' ') + 1)..]);
+                await PingPongAsync(endpoint, 1, ct).WaitAsync(TimeSpan.FromSeconds(15), ct);
+                return new WireGuardTunnel(ns, endpoint);
+            }
+            catch (Exception e) when (e is InvalidOperationException or TimeoutException or SocketException or IOException)
+            {
+                Console.Error.WriteLine($"wireguard-go left out: {e.Message}");
+                await tunnel.DisposeAsync();
+                return null;
+            }
+        }
+
+        /// <summary>Deleting the namespace takes its veth end (and so the pair) and its tunnel; the host's tunnel goes with its daemon.</summary>
+        public async ValueTask DisposeAsync()
+        {
+            await Proc.RunAsync("ip", ["netns", "del", _namespace], CancellationToken.None);
         }
     }
 

@@ -6,7 +6,7 @@ using Ferry.Quic;
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- quic [--size-mib 256] [--runs 5] [--requests 1000] [--connections 200]
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- time-to-direct [--runs 3]   (as root: network namespaces)
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- failover [--runs 3]
-// dotnet run -c Release --project bench/Ferry.Benchmarks -- e2e [--runs 3] [--size-mib 128] [--requests 2000] [--connections 200]
+// dotnet run -c Release --project bench/Ferry.Benchmarks -- e2e [--runs 3] [--size-mib 128] [--requests 2000] [--connections 200]   (as root: also ssh -L and wireguard-go in a namespace)
 if (args is [EndToEnd.Command, ..])
 {
     return await EndToEnd.RunAsync(args);
