@@ -302,10 +302,10 @@ public sealed class ClientDaemon(ClientOptions options, ILoggerFactory loggers)
     /// <summary>Hands flows to whichever session is current; the listeners bound the wait for the first one with their open timeout.</summary>
     private sealed class CurrentSessionOpener(ClientDaemon daemon) : IFlowOpener
     {
-        public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, Ferry.Core.Flows.FlowHeader header, CancellationToken cancellationToken)
+        public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, Ferry.Core.Flows.FlowHeader header, EarlyApplicationData? early, CancellationToken cancellationToken)
         {
             var opener = daemon.Opener ?? await daemon._firstOpener.Task.WaitAsync(cancellationToken);
-            return await opener.OpenAsync(resource, header, cancellationToken);
+            return await opener.OpenAsync(resource, header, early, cancellationToken);
         }
 
         public async Task<OpenedUdpFlow> OpenUdpAsync(ResourceGrant resource, Ferry.Core.Flows.FlowHeader header, CancellationToken cancellationToken)

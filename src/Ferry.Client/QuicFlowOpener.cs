@@ -50,16 +50,16 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     /// <summary>The connectors this client holds a connection to now.</summary>
     public IReadOnlyList<string> ConnectedTo => [.. _connections.Where(c => c.Value.IsValueCreated && c.Value.Value.IsCompletedSuccessfully && !c.Value.Value.Result.Closed.IsCompleted).Select(c => c.Key).Order(StringComparer.Ordinal)];
 
-    public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, EarlyApplicationData? early, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(resource);
         ArgumentNullException.ThrowIfNull(header);
-        var flow = await OpenTcpAsync(resource, header, cancellationToken);
+        var flow = await OpenTcpAsync(resource, header, early, cancellationToken);
         ClientMetrics.Flow("tcp", flow.Reply.IsOk);
         return flow;
     }
 
-    private Task<OpenedFlow> OpenTcpAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    private Task<OpenedFlow> OpenTcpAsync(ResourceGrant resource, FlowHeader header, EarlyApplicationData? early, CancellationToken cancellationToken)
     {
         return OpenOnSomeConnectorAsync(resource, async (connection, gone, ct) =>
         {
@@ -67,7 +67,26 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
             try
             {
                 await header.WriteAsync(stream, ct);
-                var reply = await AnswerAsync(connection, gone, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
+                FlowReply reply;
+                if (early is null)
+                {
+                    reply = await AnswerAsync(connection, gone, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
+                }
+                else
+                {
+                    // What the application sent already goes now, saving the round trip to the reply; refused, the connector drops it unread.
+                    await early.AttachAsync(stream, ct);
+                    var opened = false;
+                    try
+                    {
+                        reply = await AnswerAsync(connection, gone, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
+                        opened = reply.IsOk;
+                    }
+                    finally
+                    {
+                        await early.DetachAsync(opened);
+                    }
+                }
                 return new OpenedFlow(reply, stream, s =>
                 {
                     ((QuicStream)s).CompleteWrites();

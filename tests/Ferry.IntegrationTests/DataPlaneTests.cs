@@ -30,9 +30,9 @@ public sealed class DataPlaneTests
         Assert.Equal(8, echo.Carried);
 
         // Refusals come from the connector, with their reason, even though this client asks anyway.
-        var wrongPort = await opener.OpenAsync(grant, new FlowHeader(FlowProtocol.Tcp, "127.0.0.1", echo.Port + 1), ct);
+        var wrongPort = await opener.OpenAsync(grant, new FlowHeader(FlowProtocol.Tcp, "127.0.0.1", echo.Port + 1), early: null, ct);
         Assert.Equal(FlowStatus.Denied, wrongPort.Reply.Status);
-        var notAResource = await opener.OpenAsync(grant, new FlowHeader(FlowProtocol.Tcp, "10.255.255.1", 80), ct);
+        var notAResource = await opener.OpenAsync(grant, new FlowHeader(FlowProtocol.Tcp, "10.255.255.1", 80), early: null, ct);
         Assert.Equal(FlowStatus.NoSuchResource, notAResource.Reply.Status);
         Assert.False(string.IsNullOrEmpty(notAResource.Reply.Message));
     }
@@ -69,7 +69,7 @@ public sealed class DataPlaneTests
 
     private static async Task EchoFlowAsync(QuicFlowOpener opener, ResourceGrant grant, int port, int size, CancellationToken ct)
     {
-        await using var flow = await opener.OpenAsync(grant, new FlowHeader(FlowProtocol.Tcp, "127.0.0.1", port), ct);
+        await using var flow = await opener.OpenAsync(grant, new FlowHeader(FlowProtocol.Tcp, "127.0.0.1", port), early: null, ct);
         Assert.True(flow.Reply.IsOk, flow.Reply.Message);
         var payload = RandomNumberGenerator.GetBytes(size);
         var send = Task.Run(async () =>

@@ -79,7 +79,7 @@ public sealed class HttpConnectProxy : LoopbackProxy
             }
 
             var destination = FlowHeader.FormatHostPort(host, port);
-            var flow = await OpenFlowAsync(host, port, cancellationToken);
+            var flow = await OpenFlowAsync(host, port, early: null, cancellationToken);
             if (!flow.Reply.IsOk)
             {
                 var status = FlowReply.ToHttpStatusCode(flow.Reply.Status);
@@ -97,7 +97,7 @@ public sealed class HttpConnectProxy : LoopbackProxy
                 await flow.DisposeAsync();
                 throw;
             }
-            await CopyAsync(stream, flow, early, destination, cancellationToken);
+            await CopyAsync(stream, FlowCopier.ShutdownSocketSend, flow, early, destination, cancellationToken);
         }
         finally
         {

@@ -11,8 +11,9 @@ public interface IFlowOpener
     /// Opens the flow; a connector's refusal comes back as a non-Ok <see cref="OpenedFlow.Reply"/>, not as an exception.
     /// Failing to reach any connector is also a reply (Unreachable or Timeout) with the reason. When <paramref name="cancellationToken"/>
     /// fires first, the opener throws <see cref="OperationCanceledException"/> and disposes whatever stream it had opened.
+    /// <paramref name="early"/>, when given, is sent right after the header (again after each new header) instead of after the reply.
     /// </summary>
-    Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken);
+    Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, EarlyApplicationData? early, CancellationToken cancellationToken);
 
     /// <summary>
     /// Opens a UDP flow (<paramref name="header"/> names protocol UDP) with the same connector choice as <see cref="OpenAsync"/>:

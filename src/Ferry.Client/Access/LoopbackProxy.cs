@@ -188,7 +188,7 @@ public abstract partial class LoopbackProxy : ILoopbackListener
     }
 
     /// <summary>Routes a TCP destination and opens its flow through Ferry (or directly, with split tunnelling), bounded by the open timeout.</summary>
-    protected async Task<OpenedFlow> OpenFlowAsync(string host, int port, CancellationToken cancellationToken)
+    protected async Task<OpenedFlow> OpenFlowAsync(string host, int port, EarlyApplicationData? early, CancellationToken cancellationToken)
     {
         var destination = FlowHeader.FormatHostPort(host, port);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -204,7 +204,7 @@ public abstract partial class LoopbackProxy : ILoopbackListener
         {
             flow = route.Kind == RouteKind.Direct
                 ? await DirectDialer.DialAsync(host, port, timeout.Token)
-                : await Opener.OpenAsync(route.Resource!, new FlowHeader(FlowProtocol.Tcp, host, port), timeout.Token);
+                : await Opener.OpenAsync(route.Resource!, new FlowHeader(FlowProtocol.Tcp, host, port), early, timeout.Token);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
@@ -226,7 +226,7 @@ public abstract partial class LoopbackProxy : ILoopbackListener
     }
 
     /// <summary>Copies an application connection and an opened flow until both ends finish, after sending bytes the application sent early.</summary>
-    protected async Task CopyAsync(NetworkStream application, OpenedFlow flow, ReadOnlyMemory<byte> early, string destination, CancellationToken cancellationToken)
+    protected async Task CopyAsync(Stream application, Func<Stream, ValueTask> completeApplicationWrites, OpenedFlow flow, ReadOnlyMemory<byte> early, string destination, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(application);
         ArgumentNullException.ThrowIfNull(flow);
@@ -237,7 +237,7 @@ public abstract partial class LoopbackProxy : ILoopbackListener
                 await flow.Stream!.WriteAsync(early, cancellationToken);
                 await flow.Stream.FlushAsync(cancellationToken);
             }
-            var result = await FlowCopier.CopyAsync(application, FlowCopier.ShutdownSocketSend, flow.Stream!, flow.CompleteWrites!, cancellationToken);
+            var result = await FlowCopier.CopyAsync(application, completeApplicationWrites, flow.Stream!, flow.CompleteWrites!, cancellationToken);
             Log.FlowClosed(Logger, Kind, destination, result.Error, result.BytesToUpstream + early.Length, result.BytesToClient);
             ClientMetrics.BytesMoved(result.BytesToUpstream + early.Length, result.BytesToClient);
         }

@@ -26,11 +26,13 @@ public sealed class PortForward : LoopbackProxy
 
     protected override async Task HandleConnectionAsync(Socket socket, NetworkStream stream, CancellationToken cancellationToken)
     {
-        var flow = await OpenFlowAsync(Host, Port, cancellationToken);
+        // Unlike a proxy's client, a forwarded application may send before anything answers; those bytes ride with the header.
+        await using var early = new EarlyApplicationData(stream);
+        var flow = await OpenFlowAsync(Host, Port, early, cancellationToken);
         if (!flow.Reply.IsOk)
         {
             return;
         }
-        await CopyAsync(stream, flow, ReadOnlyMemory<byte>.Empty, FlowHeader.FormatHostPort(Host, Port), cancellationToken);
+        await CopyAsync(early.Application, early.ShutdownApplicationSend, flow, ReadOnlyMemory<byte>.Empty, FlowHeader.FormatHostPort(Host, Port), cancellationToken);
     }
 }

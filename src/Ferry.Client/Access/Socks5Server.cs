@@ -61,7 +61,7 @@ public sealed class Socks5Server : LoopbackProxy
             }
 
             var destination = FlowHeader.FormatHostPort(host, port);
-            var flow = await OpenFlowAsync(host, port, cancellationToken);
+            var flow = await OpenFlowAsync(host, port, early: null, cancellationToken);
             if (!flow.Reply.IsOk)
             {
                 await WriteReplyAsync(stream, FlowReply.ToSocks5ReplyCode(flow.Reply.Status), cancellationToken);
@@ -76,7 +76,7 @@ public sealed class Socks5Server : LoopbackProxy
                 await flow.DisposeAsync();
                 throw;
             }
-            await CopyAsync(stream, flow, ReadOnlyMemory<byte>.Empty, destination, cancellationToken);
+            await CopyAsync(stream, FlowCopier.ShutdownSocketSend, flow, ReadOnlyMemory<byte>.Empty, destination, cancellationToken);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {

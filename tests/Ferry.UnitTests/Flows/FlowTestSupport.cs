@@ -124,7 +124,7 @@ internal sealed class InMemoryOpener(FlowHandler handler, string identity, Func<
 
     public int OpenCount => _flows.Count;
 
-    public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
+    public async Task<OpenedFlow> OpenAsync(ResourceGrant resource, FlowHeader header, EarlyApplicationData? early, CancellationToken cancellationToken)
     {
         var (near, far) = DuplexStreams.CreatePair();
         var revoke = new CancellationTokenSource();
@@ -132,7 +132,17 @@ internal sealed class InMemoryOpener(FlowHandler handler, string identity, Func<
         _flows.Add((revoke, served));
         _opened.Enqueue(revoke);
         await header.WriteAsync(near, cancellationToken);
-        var reply = await FlowReply.ReadAsync(near, cancellationToken);
+        FlowReply reply;
+        if (early is null)
+        {
+            reply = await FlowReply.ReadAsync(near, cancellationToken);
+        }
+        else
+        {
+            await early.AttachAsync(near, cancellationToken);
+            reply = await FlowReply.ReadAsync(near, cancellationToken);
+            await early.DetachAsync(reply.IsOk);
+        }
         return reply.IsOk ? new OpenedFlow(reply, near, DuplexStreams.CompleteWrites) : new OpenedFlow(reply, near);
     }
 
