@@ -742,6 +742,8 @@ public sealed class ControllerStore(Database database)
             SELECT id, @revokedAt, @until FROM devices WHERE {where}
             ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at, until = excluded.until
             """, args, tx);
+        // Entries whose certificates have all expired protect nothing any more; without this the table only ever grows.
+        await c.ExecuteAsync("DELETE FROM revoked_devices WHERE until <= @revokedAt", args, tx);
         await c.ExecuteAsync($"DELETE FROM mfa_sessions WHERE device_id IN (SELECT id FROM devices WHERE {where})", args, tx);
         return await c.ExecuteAsync($"DELETE FROM devices WHERE {where}", args, tx);
     }
