@@ -59,6 +59,7 @@ public sealed partial class QuicConnection : IAsyncDisposable
     private bool _released;
     private bool _flushScheduled;
     private bool _flushDeferred;
+    private PoolFlush? _poolFlush;
     private ulong _armedExpiry = ulong.MaxValue;
     private byte[]? _closePacket;
     private bool _statelessReset;
@@ -782,8 +783,14 @@ public sealed partial class QuicConnection : IAsyncDisposable
         {
             // Give the receive loop and other connections a turn; finish on the thread pool.
             _flushScheduled = true;
-            ThreadPool.UnsafeQueueUserWorkItem(static c => c.FlushFromPool(), this, preferLocal: false);
+            ThreadPool.UnsafeQueueUserWorkItem(_poolFlush ??= new PoolFlush(this), preferLocal: false);
         }
+    }
+
+    /// <summary>The thread-pool continuation of a long flush, allocated once per connection.</summary>
+    private sealed class PoolFlush(QuicConnection connection) : IThreadPoolWorkItem
+    {
+        public void Execute() => connection.FlushFromPool();
     }
 
     private void FlushFromPool()
