@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Net;
 using Ferry.Quic;
@@ -139,9 +140,17 @@ internal sealed class QuicTarget : IAsyncDisposable
         {
             try
             {
-                var buffer = new byte[256 * 1024];
-                while (await stream.ReadAsync(buffer, _cts.Token) > 0)
+                // Pooled: a fresh 256 KiB (large-object heap) array per one-byte request cost more than the request itself.
+                var buffer = ArrayPool<byte>.Shared.Rent(256 * 1024);
+                try
                 {
+                    while (await stream.ReadAsync(buffer, _cts.Token) > 0)
+                    {
+                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
                 }
 
                 await stream.WriteAsync(new byte[] { 2 }, completeWrites: true, _cts.Token);

@@ -138,6 +138,29 @@ public sealed partial class QuicConnection
         (local.Sink ?? _endpoint).EnqueueSend(buffer, length, ResolveRemote(path.remote), sent);
     }
 
+    private void AddLocked(PacketBatch batch, int length, in ngtcp2_path path)
+    {
+        _bytesSent += length;
+        batch.Add(length, ResolveLocal(path.local), ResolveRemote(path.remote));
+    }
+
+    /// <summary>Hands a flush's packets to their sinks, each run of packets for one sink in one call.</summary>
+    private void SubmitLocked(PacketBatch batch)
+    {
+        for (int i = 0; i < batch.Count;)
+        {
+            var sink = batch.Local(i).Sink ?? _endpoint;
+            int j = i + 1;
+            while (j < batch.Count && ReferenceEquals(batch.Local(j).Sink ?? _endpoint, sink))
+            {
+                j++;
+            }
+
+            sink.SendBatch(batch.Packets(i, j - i));
+            i = j;
+        }
+    }
+
     /// <summary>Follows ngtcp2's current path after migration (ours or the peer's).</summary>
     private unsafe void TrackCurrentPathLocked()
     {

@@ -20,8 +20,8 @@ namespace Ferry.Quic;
 public sealed partial class QuicConnection : IAsyncDisposable
 {
     internal const int CidLength = 18;
-    private const int MaxPacketsPerFlush = 64;
-    private const int PacketBufferSize = 2048;
+    private const int MaxPacketsPerFlush = UdpBatchIo.MaxBatch;
+    private const int PacketBufferSize = PacketBatch.SlotSize;
 
     internal readonly Lock _lock = new();
     private QuicEndpoint _endpoint;
@@ -58,6 +58,8 @@ public sealed partial class QuicConnection : IAsyncDisposable
     private bool _handshakeDone;
     private bool _released;
     private bool _flushScheduled;
+    private bool _flushDeferred;
+    private PoolFlush? _poolFlush;
     private ulong _armedExpiry = ulong.MaxValue;
     private byte[]? _closePacket;
     private bool _statelessReset;
@@ -416,8 +418,11 @@ public sealed partial class QuicConnection : IAsyncDisposable
         }
     }
 
-    /// <summary>One datagram from the receive loop.</summary>
-    internal unsafe void OnDatagram(ReadOnlySpan<byte> datagram, NativeAddress local, NativeAddress remote)
+    /// <summary>
+    /// One datagram from the receive loop. With <paramref name="deferred"/> the flush waits for the end of the receive
+    /// batch (see <see cref="FlushDeferred"/>), so a burst of packets is answered with one batch of ACKs and data.
+    /// </summary>
+    internal unsafe void OnDatagram(ReadOnlySpan<byte> datagram, NativeAddress local, NativeAddress remote, List<QuicConnection>? deferred = null)
     {
         lock (_lock)
         {
@@ -478,8 +483,33 @@ public sealed partial class QuicConnection : IAsyncDisposable
             }
 
             _blocked.Clear();
+            if (deferred is not null)
+            {
+                if (!_flushDeferred)
+                {
+                    _flushDeferred = true;
+                    deferred.Add(this);
+                }
+
+                return;
+            }
+
             FlushLocked();
             ArmTimerLocked();
+        }
+    }
+
+    /// <summary>The end of a receive batch that delivered datagrams to this connection.</summary>
+    internal void FlushDeferred()
+    {
+        lock (_lock)
+        {
+            _flushDeferred = false;
+            if (_terminal is null)
+            {
+                FlushLocked();
+                ArmTimerLocked();
+            }
         }
     }
 
@@ -603,7 +633,7 @@ public sealed partial class QuicConnection : IAsyncDisposable
 
         ngtcp2_path_storage ps;
         var vecs = stackalloc ngtcp2_vec[16];
-        byte[]? buffer = null;
+        var batch = PacketBatch.Rent();
         int packets = 0;
         ulong now = Clock.NowNs();
         nuint maxSize = Math.Min(Ngtcp2.ngtcp2_conn_get_max_tx_udp_payload_size(_c), (nuint)PacketBufferSize);
@@ -613,7 +643,6 @@ public sealed partial class QuicConnection : IAsyncDisposable
             bool datagramRefused = false;
             while (_outgoingDatagrams.Count > 0 && packets < MaxPacketsPerFlush)
             {
-                buffer ??= System.Buffers.ArrayPool<byte>.Shared.Rent(PacketBufferSize);
                 var datagram = _outgoingDatagrams.Peek();
                 ps = default;
                 ps.path.local.addr = &ps.local_addrbuf;
@@ -621,11 +650,10 @@ public sealed partial class QuicConnection : IAsyncDisposable
                 var dpi = default(ngtcp2_pkt_info);
                 int accepted = 0;
                 nint written;
-                fixed (byte* dest = buffer)
                 fixed (byte* src = datagram)
                 {
                     var vec = new ngtcp2_vec { @base = src, len = (nuint)datagram.Length };
-                    written = Ngtcp2.ngtcp2_conn_writev_datagram_versioned(_c, &ps.path, NGTCP2_PKT_INFO_VERSION, &dpi, dest, maxSize,
+                    written = Ngtcp2.ngtcp2_conn_writev_datagram_versioned(_c, &ps.path, NGTCP2_PKT_INFO_VERSION, &dpi, batch.NextSlot, maxSize,
                         &accepted, NGTCP2_WRITE_DATAGRAM_FLAG_NONE, 0, &vec, 1, now);
                 }
 
@@ -658,14 +686,12 @@ public sealed partial class QuicConnection : IAsyncDisposable
                     datagramRefused = true;
                 }
 
-                SendLocked(buffer, (int)written, ps.path, null);
-                buffer = null;
+                AddLocked(batch, (int)written, ps.path);
                 packets++;
             }
 
             while (packets < MaxPacketsPerFlush)
             {
-                buffer ??= System.Buffers.ArrayPool<byte>.Shared.Rent(PacketBufferSize);
                 QuicStream? stream = _pending.Count > 0 ? _pending.Peek() : null;
                 int vecCount = 0;
                 long total = 0;
@@ -687,11 +713,8 @@ public sealed partial class QuicConnection : IAsyncDisposable
                 var pi = default(ngtcp2_pkt_info);
                 nint datalen = -1;
                 nint nwrite;
-                fixed (byte* dest = buffer)
-                {
-                    nwrite = Ngtcp2.ngtcp2_conn_writev_stream_versioned(_c, &ps.path, NGTCP2_PKT_INFO_VERSION, &pi, dest, maxSize,
-                        &datalen, flags, stream?.Id ?? -1, vecs, (nuint)vecCount, now);
-                }
+                nwrite = Ngtcp2.ngtcp2_conn_writev_stream_versioned(_c, &ps.path, NGTCP2_PKT_INFO_VERSION, &pi, batch.NextSlot, maxSize,
+                    &datalen, flags, stream?.Id ?? -1, vecs, (nuint)vecCount, now);
 
                 if (stream is not null && datalen >= 0)
                 {
@@ -740,17 +763,14 @@ public sealed partial class QuicConnection : IAsyncDisposable
                     break;
                 }
 
-                SendLocked(buffer, (int)nwrite, ps.path, null);
-                buffer = null;
+                AddLocked(batch, (int)nwrite, ps.path);
                 packets++;
             }
         }
         finally
         {
-            if (buffer is not null)
-            {
-                System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
-            }
+            SubmitLocked(batch);
+            batch.Return();
         }
 
         // Pacing only once the handshake is confirmed: before any RTT sample ngtcp2 assumes 333 ms and spaces the client's
@@ -763,8 +783,14 @@ public sealed partial class QuicConnection : IAsyncDisposable
         {
             // Give the receive loop and other connections a turn; finish on the thread pool.
             _flushScheduled = true;
-            ThreadPool.UnsafeQueueUserWorkItem(static c => c.FlushFromPool(), this, preferLocal: false);
+            ThreadPool.UnsafeQueueUserWorkItem(_poolFlush ??= new PoolFlush(this), preferLocal: false);
         }
+    }
+
+    /// <summary>The thread-pool continuation of a long flush, allocated once per connection.</summary>
+    private sealed class PoolFlush(QuicConnection connection) : IThreadPoolWorkItem
+    {
+        public void Execute() => connection.FlushFromPool();
     }
 
     private void FlushFromPool()

@@ -17,11 +17,14 @@ namespace Ferry.Quic;
 /// datagrams by connection ID; a single send loop writes what connections produce. Datagrams whose first
 /// byte is 0..3 (STUN, RFC 7983) go to the non-QUIC handler so STUN can share the socket.
 /// </summary>
-public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
+public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink, IDatagramReceiver
 {
     private const int MaxDatagram = 65536;
     private const int MaxAddressCache = 4096;
     private const int MaxConnections = 10_000;
+
+    // Bursts of a fast connection overflow smaller buffers (RcvbufErrors); as root the size is forced past rmem_max.
+    private const int SocketBufferBytes = 16 << 20;
 
     private readonly Socket _socket;
     private readonly NativeAddress _local;
@@ -33,6 +36,9 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
     private readonly CancellationTokenSource _cts = new();
     private volatile TlsContext? _serverTls;
     private readonly QuicConnectionOptions _serverOptions;
+    private readonly UdpBatchIo? _io;
+    private readonly List<QuicConnection> _deferredFlushes = [];
+    private NativeAddress? _lastRemote;
     private readonly Task _receiveLoop;
     private readonly Task _sendLoop;
     private readonly byte[] _resetKey;
@@ -49,10 +55,18 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
         _socket = new Socket(options.LocalEndPoint.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         try
         {
-            // Bursts of a fast connection overflow the default buffers; the kernel caps these at rmem_max/wmem_max.
-            _socket.ReceiveBufferSize = 4 << 20;
-            _socket.SendBufferSize = 4 << 20;
             _socket.Bind(options.LocalEndPoint);
+            if (UdpBatchIo.IsSupported && !options.DisableBatchedIo)
+            {
+                _io = new UdpBatchIo(_socket, SocketBufferBytes);
+            }
+            else
+            {
+                // The kernel caps these at rmem_max/wmem_max.
+                _socket.ReceiveBufferSize = SocketBufferBytes;
+                _socket.SendBufferSize = SocketBufferBytes;
+            }
+
             _local = new NativeAddress((IPEndPoint)_socket.LocalEndPoint!) { Sink = this };
             _serverTls = options.ServerTls is null ? null : new TlsContext(options.ServerTls, isServer: true);
         }
@@ -73,7 +87,20 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
         _resetKey = options.StatelessResetKey?.ToArray() ?? RandomNumberGenerator.GetBytes(32);
         _accepted = Channel.CreateBounded<QuicConnection>(new BoundedChannelOptions(options.AcceptQueueLength) { FullMode = BoundedChannelFullMode.Wait });
         QuicLog.EndpointBound(Logger, _local.EndPoint, _serverTls is not null);
-        _receiveLoop = Task.Run(ReceiveLoopAsync);
+        if (_io is not null)
+        {
+            QuicLog.SocketIo(Logger, _local.EndPoint, _io.ReceiveBufferSize, _io.SendBufferSize, _io.GsoEnabled, _io.GroEnabled);
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _receiveLoop = done.Task;
+
+            // A dedicated thread blocks in recvmmsg: no thread-pool hop per datagram, and one wake-up drains a whole burst.
+            new Thread(() => ReceiveThread(done)) { IsBackground = true, Name = "Ferry QUIC receive" }.Start();
+        }
+        else
+        {
+            _receiveLoop = Task.Run(ReceiveLoopAsync);
+        }
+
         _sendLoop = Task.Run(SendLoopAsync);
     }
 
@@ -208,8 +235,22 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
         _sendQueue.Writer.TryComplete();
         await _sendLoop.WaitAsync(TimeSpan.FromSeconds(2)).ContinueWith(static _ => { }, TaskScheduler.Default).ConfigureAwait(false);
         await _cts.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            // Wakes a thread blocked in recvmmsg at once (the kernel reports ENOTCONN for UDP but still wakes it).
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (SocketException)
+        {
+        }
+
         _socket.Dispose();
-        await _receiveLoop.WaitAsync(TimeSpan.FromSeconds(2)).ContinueWith(static _ => { }, TaskScheduler.Default).ConfigureAwait(false);
+        bool stopped = await _receiveLoop.WaitAsync(TimeSpan.FromSeconds(2)).ContinueWith(static t => t.IsCompletedSuccessfully, TaskScheduler.Default).ConfigureAwait(false);
+        if (stopped)
+        {
+            _io?.Dispose(); // never under a receive thread still using the slots
+        }
+
         _serverTls?.Dispose();
         _cts.Dispose();
     }
@@ -265,6 +306,85 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
 
     void IPacketSink.EnqueueSend(byte[] buffer, int length, NativeAddress to, TaskCompletionSource? sent) => EnqueueSend(buffer, length, to, sent);
 
+    void IPacketSink.SendBatch(ReadOnlySpan<OutgoingPacket> packets)
+    {
+        if (_io is null || SendFilter is not null || _disposed != 0 || !SameFamily(packets))
+        {
+            PacketSinks.CopyEach(this, packets);
+            return;
+        }
+
+        // Straight from the flush to the kernel: no queue hop, one syscall for the whole flush.
+        _io.Send(packets);
+    }
+
+    private bool SameFamily(ReadOnlySpan<OutgoingPacket> packets)
+    {
+        foreach (var p in packets)
+        {
+            if (p.To.Length != _local.Length)
+            {
+                return false; // e.g. an IPv4 peer on a dual-mode socket: let .NET map the address
+            }
+        }
+
+        return true;
+    }
+
+    void IDatagramReceiver.OnDatagram(ReadOnlySpan<byte> datagram, ReadOnlySpan<byte> sockaddr)
+    {
+        try
+        {
+            var remote = _lastRemote is { } last && last.Matches(sockaddr) ? last : ResolveSockaddr(sockaddr);
+            _lastRemote = remote;
+            Dispatch(datagram, _local, remote, fromSocket: true, _deferredFlushes);
+        }
+        catch (Exception e)
+        {
+            // One malformed or unlucky datagram must not stop the endpoint.
+            QuicLog.DispatchFailed(Logger, null, e);
+        }
+    }
+
+    void IDatagramReceiver.OnBatchEnd()
+    {
+        foreach (var connection in _deferredFlushes)
+        {
+            try
+            {
+                connection.FlushDeferred();
+            }
+            catch (Exception e)
+            {
+                QuicLog.DispatchFailed(Logger, null, e);
+            }
+        }
+
+        _deferredFlushes.Clear();
+    }
+
+    private NativeAddress ResolveSockaddr(ReadOnlySpan<byte> sockaddr)
+    {
+        var sa = new SocketAddress(_socket.AddressFamily, sockaddr.Length);
+        sockaddr.CopyTo(sa.Buffer.Span);
+        return GetAddress(sa);
+    }
+
+    private void ReceiveThread(TaskCompletionSource done)
+    {
+        try
+        {
+            var ct = _cts.Token;
+            while (!ct.IsCancellationRequested && _io!.Receive(this) >= 0)
+            {
+            }
+        }
+        finally
+        {
+            done.TrySetResult();
+        }
+    }
+
     internal void DeliverFromPath(ReadOnlySpan<byte> datagram, NativeAddress local, NativeAddress remote)
     {
         if (_disposed != 0)
@@ -274,7 +394,7 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
 
         try
         {
-            Dispatch(datagram, local, remote, null);
+            Dispatch(datagram, local, remote, fromSocket: false, null);
         }
         catch (Exception e)
         {
@@ -348,7 +468,7 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
 
             try
             {
-                Dispatch(buffer.AsSpan(0, n), _local, null, from);
+                Dispatch(buffer.AsSpan(0, n), _local, GetAddress(from), fromSocket: true, null);
             }
             catch (Exception e)
             {
@@ -358,7 +478,7 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
         }
     }
 
-    private unsafe void Dispatch(ReadOnlySpan<byte> datagram, NativeAddress local, NativeAddress? remoteKnown, SocketAddress? from)
+    private unsafe void Dispatch(ReadOnlySpan<byte> datagram, NativeAddress local, NativeAddress remote, bool fromSocket, List<QuicConnection>? deferred)
     {
         if (datagram.IsEmpty)
         {
@@ -373,15 +493,15 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
             var greasedKey = datagram.Length > 1 + QuicConnection.CidLength ? CidKey.From(datagram.Slice(1, QuicConnection.CidLength)) : default;
             if (greasedKey.Length != 0 && _connections.TryGetValue(greasedKey, out var greased))
             {
-                greased.OnDatagram(datagram, local, remoteKnown ?? GetAddress(from!));
+                greased.OnDatagram(datagram, local, remote, deferred);
             }
             else if (greasedKey.Length != 0 && _closing.TryGetValue(greasedKey, out var closingGreased))
             {
                 RepeatClose(closingGreased);
             }
-            else if (_nonQuicHandler is { } handler && from is not null)
+            else if (_nonQuicHandler is { } handler && fromSocket)
             {
-                handler(datagram.ToArray(), GetAddress(from).EndPoint);
+                handler(datagram.ToArray(), remote.EndPoint);
             }
 
             return;
@@ -396,7 +516,7 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
 
         if (rv == NGTCP2_ERR_VERSION_NEGOTIATION)
         {
-            SendVersionNegotiation(datagram, vc, local, remoteKnown ?? GetAddress(from!));
+            SendVersionNegotiation(datagram, vc, local, remote);
             return;
         }
 
@@ -406,10 +526,9 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
         }
 
         var key = CidKey.From(new ReadOnlySpan<byte>(vc.dcid, (int)vc.dcidlen));
-        var remote = remoteKnown ?? GetAddress(from!);
         if (_connections.TryGetValue(key, out var connection))
         {
-            connection.OnDatagram(datagram, local, remote);
+            connection.OnDatagram(datagram, local, remote, deferred);
             return;
         }
 
@@ -634,7 +753,19 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
                         continue;
                     }
 
-                    await _socket.SendToAsync(d.Buffer.AsMemory(0, d.Length), SocketFlags.None, d.To.SocketAddress).ConfigureAwait(false);
+                    if (_io is not null && d.To.Length == _local.Length)
+                    {
+                        SendNative(d.Buffer, d.Length, d.To);
+                    }
+                    else if (_io is not null)
+                    {
+                        // Sync on purpose: an async socket call would switch the descriptor the receive thread blocks on to non-blocking.
+                        _socket.SendTo(d.Buffer.AsSpan(0, d.Length), SocketFlags.None, d.To.SocketAddress);
+                    }
+                    else
+                    {
+                        await _socket.SendToAsync(d.Buffer.AsMemory(0, d.Length), SocketFlags.None, d.To.SocketAddress).ConfigureAwait(false);
+                    }
                 }
                 catch (SocketException)
                 {
@@ -650,6 +781,14 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink
                     d.Sent?.TrySetResult();
                 }
             }
+        }
+    }
+
+    private unsafe void SendNative(byte[] buffer, int length, NativeAddress to)
+    {
+        fixed (byte* p = buffer)
+        {
+            _io!.Send([new OutgoingPacket((nint)p, length, to)]);
         }
     }
 

@@ -29,4 +29,7 @@ internal static partial class QuicLog
 
     [LoggerMessage(EventId = 8, Level = LogLevel.Warning, Message = "Dropped a datagram from {RemoteEndPoint} after an unexpected error")]
     public static partial void DispatchFailed(ILogger logger, IPEndPoint? remoteEndPoint, Exception exception);
+
+    [LoggerMessage(EventId = 9, Level = LogLevel.Information, Message = "QUIC socket {LocalEndPoint}: receive buffer {ReceiveBuffer} bytes, send buffer {SendBuffer} bytes, GSO {Gso}, GRO {Gro}")]
+    public static partial void SocketIo(ILogger logger, IPEndPoint localEndPoint, int receiveBuffer, int sendBuffer, bool gso, bool gro);
 }

@@ -95,6 +95,9 @@ public sealed class QuicEndpointOptions
 
     /// <summary>Handshaken connections waiting in AcceptConnectionAsync before new ones are refused.</summary>
     public int AcceptQueueLength { get; init; } = 64;
+
+    /// <summary>Test hook: use the portable socket loops instead of Linux recvmmsg/sendmmsg.</summary>
+    internal bool DisableBatchedIo { get; init; }
 }
 
 /// <summary>The congestion controllers ngtcp2 0.12 offers.</summary>

@@ -20,6 +20,24 @@ public interface IQuicPath
 internal interface IPacketSink
 {
     void EnqueueSend(byte[] buffer, int length, NativeAddress to, TaskCompletionSource? sent);
+
+    /// <summary>Sends the packets of one flush, in order; the memory is only valid during the call.</summary>
+    void SendBatch(ReadOnlySpan<OutgoingPacket> packets);
+}
+
+/// <summary>Helpers for sinks.</summary>
+internal static class PacketSinks
+{
+    /// <summary>Copies each packet into a pooled buffer and queues it, for sinks that send one at a time.</summary>
+    public static unsafe void CopyEach(IPacketSink sink, ReadOnlySpan<OutgoingPacket> packets)
+    {
+        foreach (var p in packets)
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(p.Length);
+            new ReadOnlySpan<byte>((void*)p.Data, p.Length).CopyTo(buffer);
+            sink.EnqueueSend(buffer, p.Length, p.To, null);
+        }
+    }
 }
 
 /// <summary>Implementation side of <see cref="IQuicPath"/>; only Ferry's own path types qualify.</summary>
@@ -129,6 +147,8 @@ public sealed class RelayQuicPath : IQuicPathInternal, IPacketSink, IAsyncDispos
             sent?.TrySetResult();
         }
     }
+
+    void IPacketSink.SendBatch(ReadOnlySpan<OutgoingPacket> packets) => PacketSinks.CopyEach(this, packets);
 
     private async Task SendLoopAsync()
     {

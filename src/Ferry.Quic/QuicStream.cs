@@ -28,7 +28,12 @@ public sealed class QuicStream : Stream
 {
     private readonly QuicConnection _connection;
     private readonly int _sendLimit;
-    private readonly Queue<(byte[] Buffer, int Length)> _received = new();
+    // Received bytes are appended to pooled chunks of at least 16 KiB rather than one pooled array per packet: a
+    // 16 MiB window of 1.4 KB packets outran the shared pool and allocated about as much as it carried.
+    private const int ReceiveChunkSize = 16 * 1024;
+    private readonly Queue<ReceivedChunk> _received = new();
+    private ReceivedChunk? _tail;
+    private ReceivedChunk? _spare;
     private int _headConsumed;
     private SendBuffer? _send = new();
     private TaskCompletionSource? _readWaiter;
@@ -94,16 +99,26 @@ public sealed class QuicStream : Stream
                     int copied = 0;
                     while (copied < buffer.Length && _received.Count > 0)
                     {
-                        var (chunk, length) = _received.Peek();
-                        int n = Math.Min(length - _headConsumed, buffer.Length - copied);
-                        chunk.AsSpan(_headConsumed, n).CopyTo(buffer.Span[copied..]);
+                        var chunk = _received.Peek();
+                        int n = Math.Min(chunk.Length - _headConsumed, buffer.Length - copied);
+                        chunk.Buffer.AsSpan(_headConsumed, n).CopyTo(buffer.Span[copied..]);
                         copied += n;
                         _headConsumed += n;
-                        if (_headConsumed == length)
+                        if (_headConsumed == chunk.Length)
                         {
                             _received.Dequeue();
                             _headConsumed = 0;
-                            ArrayPool<byte>.Shared.Return(chunk);
+                            if (ReferenceEquals(chunk, _tail))
+                            {
+                                // A reader that keeps up empties the tail after every packet: keep it for the next one.
+                                _tail = null;
+                                chunk.Length = 0;
+                                _spare = chunk;
+                            }
+                            else
+                            {
+                                ArrayPool<byte>.Shared.Return(chunk.Buffer);
+                            }
                         }
                     }
 
@@ -329,9 +344,29 @@ public sealed class QuicStream : Stream
             }
             else
             {
-                var chunk = ArrayPool<byte>.Shared.Rent(data.Length);
-                data.CopyTo(chunk);
-                _received.Enqueue((chunk, data.Length));
+                if (_tail is { } tail)
+                {
+                    int n = Math.Min(data.Length, tail.Buffer.Length - tail.Length);
+                    data[..n].CopyTo(tail.Buffer.AsSpan(tail.Length));
+                    tail.Length += n;
+                    data = data[n..];
+                }
+
+                if (!data.IsEmpty)
+                {
+                    var chunk = _spare is { } spare && spare.Buffer.Length >= data.Length
+                        ? spare
+                        : new ReceivedChunk(ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveChunkSize, data.Length)));
+                    if (ReferenceEquals(chunk, _spare))
+                    {
+                        _spare = null;
+                    }
+
+                    data.CopyTo(chunk.Buffer);
+                    chunk.Length = data.Length;
+                    _received.Enqueue(chunk);
+                    _tail = chunk;
+                }
             }
         }
 
@@ -417,6 +452,13 @@ public sealed class QuicStream : Stream
             ArrayPool<byte>.Shared.Return(item.Buffer);
         }
 
+        _tail = null;
+        if (_spare is { } spare)
+        {
+            _spare = null;
+            ArrayPool<byte>.Shared.Return(spare.Buffer);
+        }
+
         _connection.OnConsumedLocked(Id, total);
     }
 
@@ -433,4 +475,12 @@ public sealed class QuicStream : Stream
         ObjectDisposedException => new ObjectDisposedException(nameof(QuicStream)),
         _ => e,
     };
+
+    /// <summary>A pooled buffer of received bytes; the last one in the queue keeps filling.</summary>
+    private sealed class ReceivedChunk(byte[] buffer)
+    {
+        public byte[] Buffer { get; } = buffer;
+
+        public int Length { get; set; }
+    }
 }

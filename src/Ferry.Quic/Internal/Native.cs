@@ -57,6 +57,9 @@ internal sealed unsafe class NativeAddress
     public unsafe bool Matches(ngtcp2_addr addr) =>
         addr.addrlen == Length && new ReadOnlySpan<byte>(addr.addr, (int)addr.addrlen).SequenceEqual(new ReadOnlySpan<byte>(Pointer, (int)Length));
 
+    public unsafe bool Matches(ReadOnlySpan<byte> sockaddr) =>
+        sockaddr.Length == Length && sockaddr.SequenceEqual(new ReadOnlySpan<byte>(Pointer, (int)Length));
+
     public uint Length { get; }
 
     public void* Pointer => Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_sockaddr));

@@ -28,7 +28,7 @@ internal sealed unsafe class SendBuffer : IDisposable
             long capacityEnd = _baseOffset + ((long)_chunks.Count * ChunkSize);
             if (_endOffset == capacityEnd)
             {
-                _chunks.Add((nint)NativeMemory.Alloc(ChunkSize));
+                _chunks.Add(ChunkPool.Rent());
                 capacityEnd += ChunkSize;
             }
 
@@ -67,7 +67,7 @@ internal sealed unsafe class SendBuffer : IDisposable
         _ackedOffset = Math.Max(_ackedOffset, Math.Min(upTo, _endOffset));
         while (_chunks.Count > 0 && _baseOffset + ChunkSize <= _ackedOffset)
         {
-            NativeMemory.Free((void*)_chunks[0]);
+            ChunkPool.Return(_chunks[0]);
             _chunks.RemoveAt(0);
             _baseOffset += ChunkSize;
         }
@@ -80,9 +80,48 @@ internal sealed unsafe class SendBuffer : IDisposable
     {
         foreach (var chunk in _chunks)
         {
-            NativeMemory.Free((void*)chunk);
+            ChunkPool.Return(chunk);
         }
 
         _chunks.Clear();
+    }
+
+    /// <summary>
+    /// Recycles chunks process-wide: freeing each 64 KiB after its ack let glibc hand the pages back and fault them in
+    /// again on the next write, which cost more than copying the data.
+    /// </summary>
+    private static class ChunkPool
+    {
+        private const int Capacity = 256; // 16 MiB kept at most
+        private static readonly Lock s_lock = new();
+        private static readonly nint[] s_free = new nint[Capacity];
+        private static int s_count;
+
+        public static nint Rent()
+        {
+            lock (s_lock)
+            {
+                if (s_count > 0)
+                {
+                    return s_free[--s_count];
+                }
+            }
+
+            return (nint)NativeMemory.Alloc(ChunkSize);
+        }
+
+        public static void Return(nint chunk)
+        {
+            lock (s_lock)
+            {
+                if (s_count < Capacity)
+                {
+                    s_free[s_count++] = chunk;
+                    return;
+                }
+            }
+
+            NativeMemory.Free((void*)chunk);
+        }
     }
 }

@@ -27,6 +27,7 @@ public sealed class StructLayoutTests
         Assert.True(s_mirrored.Length >= 20, $"only {s_mirrored.Length} mirrored structs found");
         var expected = new SortedDictionary<string, long>(StringComparer.Ordinal);
         var c = new StringBuilder("""
+            #define _GNU_SOURCE
             #include <stdio.h>
             #include <stddef.h>
             #include <ngtcp2/ngtcp2.h>
@@ -34,12 +35,15 @@ public sealed class StructLayoutTests
             #include <ngtcp2/ngtcp2_crypto_gnutls.h>
             #include <gnutls/gnutls.h>
             #include <netinet/in.h>
+            #include <sys/socket.h>
+            #include <sys/uio.h>
             int main(void) {
 
             """);
         foreach (var type in s_mirrored)
         {
-            var cName = type.Name.StartsWith("sockaddr", StringComparison.Ordinal) ? "struct " + type.Name : type.Name;
+            // The libc structs (sockaddr_*, iovec, msghdr, mmsghdr, cmsghdr) are only reachable through "struct".
+            var cName = type.Name.StartsWith("ngtcp2", StringComparison.Ordinal) || type.Name.StartsWith("gnutls", StringComparison.Ordinal) ? type.Name : "struct " + type.Name;
             c.Append(CultureInfo.InvariantCulture, $"  printf(\"{type.Name} %zu\\n\", sizeof({cName}));\n");
             expected[type.Name] = SizeOf(type);
             foreach (var field in type.GetFields(BindingFlags.Instance | BindingFlags.Public))
