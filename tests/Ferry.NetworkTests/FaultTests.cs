@@ -255,7 +255,8 @@ public sealed class FaultTests
         await transfer.CompleteAsync(Drain, lab.Diagnostics);
         Assert.True(lab.Echo.Carried == flows + (lab.SecondClient is null ? 0 : 1),
             $"the echo service must have carried exactly the flows opened ({flows} by the client{(lab.SecondClient is null ? "" : ", 1 by the second client")}), none reopened; {lab.Echo.Carried} carried bytes{lab.Diagnostics()}");
-        Report($"{lab.Name}: {transfer}; path at the end: {DirectPathLab.Describe(await lab.PathAsync())}");
+        var (direct, relayed) = await lab.MeterAsync();
+        Report($"{lab.Name}: {transfer}; the connector host counted {direct} B of UDP (direct) and {relayed} B on relay links; path at the end: {DirectPathLab.Describe(await lab.PathAsync())}");
     }
 
     private static void Report(string line)
