@@ -46,7 +46,10 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
         Certificate = certificate;
         Ca = ca;
         _stun = new StunDiscovery((datagram, destination, ct) => new ValueTask(_quic.SendNonQuicAsync(datagram, destination, ct)));
-        _ice = new IceAgent(!accepts, (datagram, destination, ct) => new ValueTask(_quic.SendNonQuicAsync(datagram, destination, ct)), SendRelayedAsync, GatherAsync, logger);
+        _ice = new IceAgent(!accepts, (datagram, destination, ct) => new ValueTask(_quic.SendNonQuicAsync(datagram, destination, ct)), SendRelayedAsync, GatherAsync, logger)
+        {
+            Rediscover = ct => DiscoverAsync(_relays, ct),
+        };
         _quic.SetNonQuicPacketHandler((packet, from) =>
         {
             if (!_stun.TryHandle(packet, from))

@@ -51,6 +51,12 @@ public sealed partial class IceAgent : IAsyncDisposable
     /// <summary>Where the client's offers go (the controller session); a connector answers through the reply it is handed instead.</summary>
     public SignalAsync? Signal { get; set; }
 
+    /// <summary>
+    /// Client: learns this end's public addresses afresh (STUN) before an offer made because nothing direct answers any more;
+    /// the NAT may have dropped the mapping the last offer named and given out another port.
+    /// </summary>
+    public Func<CancellationToken, Task>? Rediscover { get; set; }
+
     /// <summary>How many peers this endpoint is checking with now.</summary>
     public int SessionCount => _byPeer.Count;
 
@@ -267,6 +273,7 @@ public sealed partial class IceAgent : IAsyncDisposable
         try
         {
             int unanswered = 0;
+            var stale = false;
             while (!ct.IsCancellationRequested)
             {
                 var answersBefore = entry.Answers;
@@ -277,6 +284,13 @@ public sealed partial class IceAgent : IAsyncDisposable
                 }
                 else
                 {
+                    if (stale && Rediscover is { } rediscover)
+                    {
+                        // Without this the offer repeats a public address that may be gone: a NAT that renumbered its
+                        // mapping (it expired, the router restarted) kept the path relayed for good.
+                        stale = false;
+                        await rediscover(ct).ConfigureAwait(false);
+                    }
                     var local = await _gather(ct).ConfigureAwait(false);
                     LogOffer(_logger, session.Peer, Describe(local));
                     try
@@ -310,6 +324,7 @@ public sealed partial class IceAgent : IAsyncDisposable
                     }
                     if (!nudged && !session.Snapshot().Targets.Any(t => t.Alive))
                     {
+                        stale = true;
                         break;
                     }
                 }

@@ -1,3 +1,4 @@
+using Ferry.Core.Api;
 using Ferry.Core.ControlPlane;
 using System.Diagnostics;
 using System.Globalization;
@@ -33,7 +34,19 @@ internal sealed record DirectPathLabOptions
 
     /// <summary>Added to every pass over the relay's own link, each way: a relayed round trip crosses it four times.</summary>
     public TimeSpan RelayLinkDelay { get; init; }
+
+    /// <summary>A second relay on a link of its own, so a relayed connection has somewhere to go when one dies.</summary>
+    public bool TwoRelays { get; init; }
+
+    /// <summary>
+    /// A host for a second client on another subnet of the connector's router (<see cref="DirectPathLab.SecondClientAddress"/>):
+    /// its direct path to the connector never crosses the public router. Needs a topology with a connector router.
+    /// </summary>
+    public bool SecondClientSite { get; init; }
 }
+
+/// <summary>A client process of the lab with its state folder and the port forward to the echo service.</summary>
+internal sealed record LabClient(string Host, string State, FerryProcess Process, IPEndPoint Forward);
 
 /// <summary>What the client's status said over a watched window.</summary>
 internal sealed record PathWatch(PathStatus? Last, bool SawDirect, int Polls, TimeSpan Elapsed);
@@ -57,6 +70,15 @@ internal sealed class DirectPathLab : IAsyncDisposable
 {
     public const string ControllerAddress = "198.18.0.1";
     public const string RelayAddress = "198.18.9.2";
+    public const string Relay2Address = "198.18.10.2";
+    private const string Relay2LinkPub = "198.18.10.1";
+    /// <summary>The second client's host address, behind the connector's router (see <see cref="DirectPathLabOptions.SecondClientSite"/>).</summary>
+    public const string SecondClientAddress = "10.3.0.2";
+    private const string SecondClientSubnet = "10.3.0.0/24";
+    private const string SecondClientRouter = "10.3.0.1";
+    // The ports the client's router hands out after ExpireClientNatMappingsAsync(newPorts: true): none the lab used before.
+    public const int RenumberedPortLow = 40000;
+    public const int RenumberedPortHigh = 40099;
     private const string RelayLinkPub = "198.18.9.1";
     // Where peers dial the relay when a user-space delay line stands in for netem: an address of the public router.
     private const string RelayFrontAddress = "198.18.8.1";
@@ -88,6 +110,9 @@ internal sealed class DirectPathLab : IAsyncDisposable
     private TcpDelayLine? _delayLine;
     private string _lastStatus = "(not read yet)";
     private string? _clientAddress;
+    private string _clientWan = "";
+    private string _serviceAccountKey = "";
+    private string _echoPort = "";
 
     private DirectPathLab(DirectPathTopology topology, DirectPathLabOptions options)
     {
@@ -105,6 +130,7 @@ internal sealed class DirectPathLab : IAsyncDisposable
 
     public string Pub { get; private set; } = "";
     public string RelayHost { get; private set; } = "";
+    public string? Relay2Host { get; private set; }
     public string ClientRouter { get; private set; } = "";
     public string ClientHost { get; private set; } = "";
     public string? ConnectorRouter { get; private set; }
@@ -118,6 +144,12 @@ internal sealed class DirectPathLab : IAsyncDisposable
 
     public ControllerInstance Controller { get; private set; } = null!;
     public FerryProcess Relay { get; private set; } = null!;
+
+    /// <summary>The second relay, with <see cref="DirectPathLabOptions.TwoRelays"/>.</summary>
+    public FerryProcess? Relay2 { get; private set; }
+
+    /// <summary>The namespace for the second client, with <see cref="DirectPathLabOptions.SecondClientSite"/>.</summary>
+    public string? SecondClientHost { get; private set; }
     public FerryProcess Connector { get; private set; } = null!;
     public FerryProcess Client { get; private set; } = null!;
     public EchoServer Echo { get; private set; } = null!;
@@ -163,7 +195,15 @@ internal sealed class DirectPathLab : IAsyncDisposable
         var (relayLinkPub, relayLinkRelay) = await _net.LinkAsync(Pub, $"{RelayLinkPub}/24", RelayHost, $"{RelayAddress}/24");
         await _net.DefaultRouteAsync(RelayHost, RelayLinkPub);
 
+        if (Options.TwoRelays)
+        {
+            Relay2Host = await _net.HostAsync("rl2");
+            await _net.LinkAsync(Pub, $"{Relay2LinkPub}/24", Relay2Host, $"{Relay2Address}/24");
+            await _net.DefaultRouteAsync(Relay2Host, Relay2LinkPub);
+        }
+
         var (_, clientWan) = await _net.LinkAsync(Pub, $"{ClientWanPub}/24", ClientRouter, $"{ClientWan}/24");
+        _clientWan = clientWan;
         await _net.DefaultRouteAsync(ClientRouter, ClientWanPub);
         await _net.NatAsync(ClientRouter, clientWan, symmetric: Topology is DirectPathTopology.SymmetricClientPublicConnector or DirectPathTopology.BothSymmetric);
 
@@ -199,6 +239,12 @@ internal sealed class DirectPathLab : IAsyncDisposable
                 await _net.DefaultRouteAsync(ConnectorRouter, ConnectorWanPub);
                 await _net.DefaultRouteAsync(ConnectorHost, ConnectorLanRouter);
                 await _net.NatAsync(ConnectorRouter, connectorWan, symmetric: Topology == DirectPathTopology.BothSymmetric);
+                if (Options.SecondClientSite)
+                {
+                    SecondClientHost = await _net.HostAsync("cl2");
+                    await _net.LinkAsync(ConnectorRouter, $"{SecondClientRouter}/24", SecondClientHost, $"{SecondClientAddress}/24");
+                    await _net.DefaultRouteAsync(SecondClientHost, SecondClientRouter);
+                }
                 break;
             }
         }
@@ -210,10 +256,13 @@ internal sealed class DirectPathLab : IAsyncDisposable
             await NetworkLab.RunAsync("ip", "netns", "exec", ClientRouter, "iptables", "-I", "FORWARD", "-p", "udp", "-j", "DROP");
         }
 
+        Assert.True(!Options.SecondClientSite || SecondClientHost is not null, "a second client site needs a topology with a connector router");
+
         // Counters on the connector host: its UDP other than STUN is the direct path; TCP to the relay's port is the relayed one.
-        foreach (var (chain, direction) in new[] { ("INPUT", "--sport"), ("OUTPUT", "--dport") })
+        // The second client's direct traffic (from its own subnet) is not the first client's path, so it is not counted.
+        foreach (var (chain, direction, peer) in new[] { ("INPUT", "--sport", "-s"), ("OUTPUT", "--dport", "-d") })
         {
-            await Iptables(ConnectorHost, "-A", chain, "-p", "udp", "!", direction, StunPort.ToString(CultureInfo.InvariantCulture), "-m", "comment", "--comment", DirectMeter);
+            await Iptables(ConnectorHost, "-A", chain, "-p", "udp", "!", peer, SecondClientSubnet, "!", direction, StunPort.ToString(CultureInfo.InvariantCulture), "-m", "comment", "--comment", DirectMeter);
             await Iptables(ConnectorHost, "-A", chain, "-p", "tcp", direction, RelayPort.ToString(CultureInfo.InvariantCulture), "-m", "comment", "--comment", RelayMeter);
         }
 
@@ -400,11 +449,23 @@ internal sealed class DirectPathLab : IAsyncDisposable
         Relay = FerryProcess.Start("relay", ["relay", "--tokens", relayTokens, .. listen, "--stun", $"{RelayAddress}:{StunPort}"], netns: RelayHost);
         _owned.Add(Relay);
         await Relay.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "relay listening");
+        if (Relay2Host is not null)
+        {
+            var relay2Tokens = Path.Combine(_directory, "relay2.json");
+            await File.WriteAllTextAsync(relay2Tokens, await Controller.AdminAsync("relay", "provision", "--name", "pub-relay-2", "--json"), Ct);
+            Relay2 = FerryProcess.Start("relay-2", ["relay", "--tokens", relay2Tokens, "--listen", $"{Relay2Address}:{port}", "--stun", $"{Relay2Address}:{StunPort}"], netns: Relay2Host);
+            _owned.Add(Relay2);
+            await Relay2.WaitForLineAsync(l => l.Contains("Relay links accepted", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "second relay listening");
+            // Both online before any peer starts, so every peer links to both from the first relay list it gets.
+            await WaitForRelaysOnlineAsync(2);
+        }
 
         var echoPort = Echo.Port.ToString(CultureInfo.InvariantCulture);
         await Controller.AdminAsync("network", "create", "site");
         await Controller.AdminAsync("resource", "add", "127.0.0.1", "--network", "site", "--name", "data", "--tcp", echoPort);
-        var key = JsonDocument.Parse(await Controller.AdminAsync("service-account", "create", "app", "--json")).RootElement.GetProperty("key").GetString();
+        var key = JsonDocument.Parse(await Controller.AdminAsync("service-account", "create", "app", "--json")).RootElement.GetProperty("key").GetString()!;
+        _serviceAccountKey = key;
+        _echoPort = echoPort;
         await Controller.AdminAsync("policy", "grant", "data", "--service-account", "app");
         var connectorTokens = await Controller.ProvisionAsync("site", "site-1", _directory);
 
@@ -425,6 +486,63 @@ internal sealed class DirectPathLab : IAsyncDisposable
         await Client.WaitForLineAsync(l => l.Contains("Resources granted now: 1", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "grant");
     }
 
+    private async Task WaitForRelaysOnlineAsync(int count)
+    {
+        var watch = Stopwatch.StartNew();
+        RelayView[] relays = [];
+        while (watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            relays = await Controller.AdminJsonAsync<RelayView[]>("relay", "list");
+            if (relays.Count(r => r.State == "online") == count)
+            {
+                return;
+            }
+            await Task.Delay(200, Ct);
+        }
+        throw new Xunit.Sdk.XunitException($"expected {count} relays online within 30 s; the controller lists {string.Join(", ", relays.Select(r => $"{r.Name} {r.State}"))}{Diagnostics()}");
+    }
+
+    /// <summary>The relay process whose identity ("relay/rl_…") a relayed path names, and the other one.</summary>
+    public async Task<(FerryProcess Carrying, FerryProcess Other, string OtherIdentity)> RelaysByPathAsync(PathStatus relayed)
+    {
+        Assert.True(Relay2 is not null, "the lab has one relay");
+        var relays = await Controller.AdminJsonAsync<RelayView[]>("relay", "list");
+        var carrying = relays.FirstOrDefault(r => relayed.Remote?.EndsWith(r.Id, StringComparison.Ordinal) == true)
+            ?? throw new Xunit.Sdk.XunitException($"the relayed path names {relayed.Remote}, which is none of the relays {string.Join(", ", relays.Select(r => r.Id))}{Diagnostics()}");
+        var other = relays.Single(r => r.Id != carrying.Id);
+        return carrying.Name == "pub-relay" ? (Relay, Relay2, $"relay/{other.Id}") : (Relay2, Relay, $"relay/{other.Id}");
+    }
+
+    /// <summary>
+    /// Starts a second client (another device of the same service account) on <see cref="SecondClientHost"/>, with its own
+    /// port forward to the echo service, and waits for the forward and the grant.
+    /// </summary>
+    public async Task<LabClient> StartSecondClientAsync()
+    {
+        var host = SecondClientHost ?? throw new InvalidOperationException("the lab was built without a second client site");
+        var state = Path.Combine(_directory, "client-2");
+        var process = FerryProcess.Start("client-2",
+            ["client", "--state", state, "up", "--controller", Controller.Url, "--controller-fingerprint", Controller.Fingerprint, "--socks", "off", "--forward", $"0=127.0.0.1:{_echoPort}"],
+            new Dictionary<string, string?> { ["FERRY_SERVICE_ACCOUNT_KEY"] = _serviceAccountKey }, netns: host);
+        _owned.Add(process);
+        SecondClient = process;
+        var forward = await process.WaitForLineAsync(l => l.Contains($"forward 127.0.0.1:{_echoPort} listening on", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "second client's forward listener");
+        await process.WaitForLineAsync(l => l.Contains("Resources granted now: 1", StringComparison.Ordinal), TimeSpan.FromSeconds(30), "second client's grant");
+        return new LabClient(host, state, process, IPEndPoint.Parse(forward[(forward.LastIndexOf(' ') + 1)..]));
+    }
+
+    /// <summary>The second client's process, once started.</summary>
+    public FerryProcess? SecondClient { get; private set; }
+
+    /// <summary>Opens a long-running TCP stream through <paramref name="client"/>'s port forward (disposed with the lab).</summary>
+    public async Task<ContinuousTransfer> StartTransferAsync(LabClient client)
+    {
+        var transfer = await ContinuousTransfer.StartAsync(client.Host, client.Forward, Ct);
+        _owned.Add(transfer);
+        await transfer.WaitForProgressAsync(64 * 1024, TimeSpan.FromSeconds(30), "while the second client's flow was opening", Diagnostics);
+        return transfer;
+    }
+
     /// <summary>Opens the long-running TCP stream through the client's port forward (disposed with the lab).</summary>
     public async Task<ContinuousTransfer> StartTransferAsync()
     {
@@ -436,9 +554,12 @@ internal sealed class DirectPathLab : IAsyncDisposable
     }
 
     /// <summary>The "paths" entry for this lab's connector in 'ferry client status', or null when there is none (the raw JSON is kept for diagnostics).</summary>
-    public async Task<PathStatus?> PathAsync()
+    public Task<PathStatus?> PathAsync() => PathAsync(ClientState);
+
+    /// <summary>The same for the client whose state folder is <paramref name="state"/>.</summary>
+    public async Task<PathStatus?> PathAsync(string state)
     {
-        var result = await FerryCli.RunAsync(["client", "--state", ClientState, "status"], timeout: TimeSpan.FromSeconds(20));
+        var result = await FerryCli.RunAsync(["client", "--state", state, "status"], timeout: TimeSpan.FromSeconds(20));
         if (result.ExitCode != 0)
         {
             _lastStatus = $"'ferry client status' failed: {result}";
@@ -466,16 +587,18 @@ internal sealed class DirectPathLab : IAsyncDisposable
     /// Polls the client's status until the path to the connector has <paramref name="kind"/>, failing after
     /// <paramref name="timeout"/> or as soon as <paramref name="transfer"/> breaks; returns that path.
     /// </summary>
-    public async Task<PathStatus> WaitForPathAsync(string kind, TimeSpan timeout, ContinuousTransfer? transfer, string why)
+    /// <param name="state">Another client's state folder (the lab's client by default).</param>
+    /// <param name="also">A further condition the path must meet.</param>
+    public async Task<PathStatus> WaitForPathAsync(string kind, TimeSpan timeout, ContinuousTransfer? transfer, string why, string? state = null, Func<PathStatus, bool>? also = null)
     {
         var watch = Stopwatch.StartNew();
         PathStatus? last = null;
         var polls = 0;
         while (true)
         {
-            last = await PathAsync();
+            last = await PathAsync(state ?? ClientState);
             polls++;
-            if (last?.Kind == kind)
+            if (last?.Kind == kind && (also is null || also(last)))
             {
                 return last;
             }
@@ -591,6 +714,85 @@ internal sealed class DirectPathLab : IAsyncDisposable
     }
 
     /// <summary>
+    /// Feeds UDP between the two sites on the public router through <see cref="NfQueueImpairment"/> (netem's loss, delay,
+    /// jitter and reorder); disposing it takes the rules out and lets every held packet go.
+    /// </summary>
+    public async Task<DirectImpairment> ImpairDirectAsync(Impairment impairment)
+    {
+        Assert.True(Topology != DirectPathTopology.SameSegment, "a same-segment path does not cross the public router");
+        const ushort queue = 7;
+        var holder = NfQueueImpairment.Bind(Pub, queue, impairment);
+        var handle = new DirectImpairment(this, holder);
+        _owned.Add(handle);
+        // --queue-bypass: should the holder go, packets pass instead of piling up unanswered.
+        await handle.RulesAsync("-I");
+        return handle;
+    }
+
+    /// <summary>An <see cref="ImpairDirectAsync"/> in force.</summary>
+    internal sealed class DirectImpairment(DirectPathLab lab, NfQueueImpairment holder) : IAsyncDisposable
+    {
+        private bool _removed;
+
+        public NfQueueImpairment Queue => holder;
+
+        internal async Task RulesAsync(string action)
+        {
+            foreach (var (from, to) in new[] { (ClientWan, ConnectorWan), (ConnectorWan, ClientWan) })
+            {
+                await Iptables(lab.Pub, action, "FORWARD", "-p", "udp", "-s", from, "-d", to, "-j", "NFQUEUE", "--queue-num", "7", "--queue-bypass");
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (!_removed)
+            {
+                _removed = true;
+                await RulesAsync("-D");
+                holder.Dispose();
+            }
+        }
+    }
+
+    /// <summary>The public router drops <paramref name="probability"/> of the TCP segments to and from either relay at random; TCP retransmits them.</summary>
+    public async Task DropOnRelayLinksAsync(double probability)
+    {
+        var p = probability.ToString(CultureInfo.InvariantCulture);
+        var port = RelayPort.ToString(CultureInfo.InvariantCulture);
+        foreach (var match in new[] { "--dport", "--sport" })
+        {
+            await Iptables(Pub, "-A", "FORWARD", "-p", "tcp", match, port, "-m", "statistic", "--mode", "random", "--probability", p, "-j", "DROP");
+        }
+    }
+
+    /// <summary>
+    /// The client's NAT forgets its UDP mappings (conntrack -D on its router, as when they time out or the router reboots).
+    /// With <paramref name="newPorts"/> it also hands out other public ports from then on (still one per inside socket,
+    /// whatever the destination), as many NATs do for a mapping made again. TCP mappings (the relay links) are kept.
+    /// </summary>
+    public async Task ExpireClientNatMappingsAsync(bool newPorts)
+    {
+        if (newPorts)
+        {
+            // Ahead of the plain MASQUERADE, for UDP only (a port range needs a protocol); TCP keeps its rule and mappings.
+            await Iptables(ClientRouter, "-t", "nat", "-I", "POSTROUTING", "1", "-o", _clientWan, "-p", "udp", "-j", "MASQUERADE", "--to-ports",
+                $"{RenumberedPortLow.ToString(CultureInfo.InvariantCulture)}-{RenumberedPortHigh.ToString(CultureInfo.InvariantCulture)}");
+        }
+        // conntrack exits 1 when nothing matched; the check below tells.
+        var result = await ExternalProcess.CaptureAsync("ip", ["netns", "exec", ClientRouter, "conntrack", "-D", "-p", "udp"], TimeSpan.FromSeconds(20), Ct);
+        Assert.True(result.Stderr.Contains("flow entries have been deleted", StringComparison.Ordinal) && !result.Stderr.Contains(" 0 flow entries", StringComparison.Ordinal),
+            $"conntrack -D -p udp on the client's router must delete its UDP mappings: {result}");
+    }
+
+    /// <summary>The client's router's UDP mappings now, as conntrack lists them.</summary>
+    public async Task<string> ClientNatMappingsAsync()
+        => (await ExternalProcess.CaptureAsync("ip", ["netns", "exec", ClientRouter, "conntrack", "-L", "-p", "udp"], TimeSpan.FromSeconds(20), Ct)).Stdout;
+
+    /// <summary>Whether the conntrack tool (Debian package conntrack) is there to flush NAT mappings with.</summary>
+    public static bool HasConntrack => File.Exists("/usr/sbin/conntrack") || File.Exists("/sbin/conntrack");
+
+    /// <summary>
     /// The client host moves to another subnet of its router, as after a DHCP change: the new address first, then the
     /// default route through the new subnet, then the old address goes. Its sockets stay open.
     /// </summary>
@@ -644,7 +846,11 @@ internal sealed class DirectPathLab : IAsyncDisposable
             text.Append(CultureInfo.InvariantCulture, $"\n--- {owned}");
         }
         text.Append(CultureInfo.InvariantCulture, $"\n--- last client status:\n{_lastStatus}");
-        foreach (var (name, process) in new[] { ("client", Client), ("connector", Connector), ("relay", Relay) })
+        foreach (var owned in _owned.OfType<DirectImpairment>())
+        {
+            text.Append(CultureInfo.InvariantCulture, $"\n--- {owned.Queue}");
+        }
+        foreach (var (name, process) in new[] { ("client", Client), ("second client", SecondClient), ("connector", Connector), ("relay", Relay), ("second relay", Relay2) })
         {
             if (process is not null)
             {
