@@ -13,7 +13,7 @@ FERRY_DEBIAN_PACKAGES=(
 # P/Invokes (ngtcp2 with its GnuTLS crypto, which brings GnuTLS), OpenSSL for .NET's cryptography, the C++ runtime.
 FERRY_RUNTIME_PACKAGES=(libngtcp2-9 libngtcp2-crypto-gnutls2 libssl3 libstdc++6 ca-certificates)
 # Only the test suite needs these: the console's browser tests.
-FERRY_TEST_ONLY_PACKAGES=(chromium nodejs)
+FERRY_TEST_ONLY_PACKAGES=(chromium nodejs conntrack)
 
 ensure_debian_packages() {
   local missing=()
