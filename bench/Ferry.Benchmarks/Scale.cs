@@ -124,6 +124,7 @@ internal static class Scale
             await Task.Delay(TimeSpan.FromSeconds(3), ct);
 
             // Phase 1: every flow open at once.
+            var udpDropsAtStart = UdpReceiveBufferDrops();
             var before = TakeAll("flows-baseline");
             var targets = Enumerable.Range(0, flows).Select(i => (lab.Clients[i % lab.Clients.Count].Forward, (long)i)).ToArray();
             var allOpen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -178,6 +179,12 @@ internal static class Scale
                 var slots = Enumerable.Range(0, flows).Select(i => CycleAsync(lab.Clients[i % lab.Clients.Count].Forward, i, soakStats, errors, soakEnd.Token)).ToArray();
                 while (!soakEnd.IsCancellationRequested)
                 {
+                    if (new[] { lab.Controller, lab.Relay, lab.Connector }.Concat(lab.Clients.Select(c => c.Process)).FirstOrDefault(p => p.Exited is not null) is { } gone)
+                    {
+                        Console.Error.WriteLine($"soak stopped: {gone.Name} {gone.Exited}");
+                        await soakEnd.CancelAsync();
+                        break;
+                    }
                     soak.Add((clock.Elapsed.TotalSeconds, TakeAll("soak")));
                     Console.Error.WriteLine(Inv($"soak {clock.Elapsed.TotalSeconds:F0} s: {soakStats.Flows} flows, {soakStats.Bytes / 1048576.0:F0} MiB checked, {errors.Total - soakErrorsBefore} errors, connector {soak[^1].Samples["connector"].RssKiB / 1024} MiB / {soak[^1].Samples["connector"].Fds} fds"));
                     try
@@ -193,6 +200,7 @@ internal static class Scale
                 soak.Add((clock.Elapsed.TotalSeconds, TakeAll("soak-end")));
             }
             var sessionsAlive = fleet.Alive;
+            Console.Error.WriteLine($"UDP datagrams dropped for a full receive buffer during the run (whole host, other load included): {UdpReceiveBufferDrops() - udpDropsAtStart}");
             await fleet.DisposeAsync();
 
             Report(flows, openCount, openSeconds, closeSeconds, before, during, after, flowErrors,
@@ -203,6 +211,11 @@ internal static class Scale
         finally
         {
             await File.WriteAllTextAsync(csvPath, csv.ToString(), CancellationToken.None);
+            foreach (var p in processes.Where(p => p.Exited is not null))
+            {
+                errors.Add($"{p.Name} {p.Exited}");
+                Console.WriteLine($"{p.Name} {p.Exited}");
+            }
             var problems = processes.SelectMany(p => p.Problems.Select(l => $"{p.Name}: {l}")).ToArray();
             var problemsPath = Path.ChangeExtension(csvPath, ".log");
             await File.WriteAllLinesAsync(problemsPath, problems, CancellationToken.None);
@@ -357,6 +370,15 @@ internal static class Scale
             catch (Exception e) when (e is IOException or SocketException or InvalidDataException or TimeoutException or OperationCanceledException)
             {
                 errors.FlowFailed(e);
+                // A failing path gets a pause, so one outage counts a few errors rather than a flood.
+                try
+                {
+                    await Task.Delay(1000, end);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
             }
         }
     }
@@ -449,8 +471,8 @@ internal static class Scale
     {
         var host = Environment.ProcessPath!;
         return Path.GetFileNameWithoutExtension(host) == "dotnet"
-            ? Child.Start(host, [typeof(Scale).Assembly.Location, Command, "--echo-server"])
-            : Child.Start(host, [Command, "--echo-server"]);
+            ? Child.Start(host, [typeof(Scale).Assembly.Location, Command, "--echo-server"], name: "echo")
+            : Child.Start(host, [Command, "--echo-server"], name: "echo");
     }
 
     /// <summary>The echo server as a child process: prints its address, then serves until killed.</summary>
@@ -770,6 +792,7 @@ internal static class Scale
         private readonly Process _process;
         private readonly StringBuilder _output = new();
         private readonly List<string> _problems = [];
+        private readonly Queue<string> _tail = new();
 
         private Child(Process process, string name)
         {
@@ -810,10 +833,31 @@ internal static class Scale
                 {
                     _output.AppendLine(line);
                 }
+                _tail.Enqueue(line);
+                if (_tail.Count > 60)
+                {
+                    _tail.Dequeue();
+                }
                 if ((line.Contains(" warn: ", StringComparison.Ordinal) || line.Contains(" fail: ", StringComparison.Ordinal) || line.Contains(" crit: ", StringComparison.Ordinal))
                     && _problems.Count < 10_000)
                 {
                     _problems.Add(line);
+                }
+            }
+        }
+
+        /// <summary>Null while running; otherwise the exit code and the last lines printed (an unhandled exception's trace among them).</summary>
+        public string? Exited
+        {
+            get
+            {
+                if (!_process.HasExited)
+                {
+                    return null;
+                }
+                lock (_output)
+                {
+                    return $"exited with code {_process.ExitCode}; last lines:\n  {string.Join("\n  ", _tail)}";
                 }
             }
         }
@@ -895,6 +939,15 @@ internal static class Scale
         await Child.RunAsync("prlimit", ["--pid", pid, "--nofile=1048576:1048576"], ct);
         var shown = await Child.RunAsync("prlimit", ["--pid", pid, "--nofile", "--noheadings", "--output", "SOFT"], ct);
         return shown.Output.Trim();
+    }
+
+    /// <summary>The host's count of UDP datagrams dropped because a socket's receive buffer was full (RcvbufErrors in /proc/net/snmp).</summary>
+    private static long UdpReceiveBufferDrops()
+    {
+        var lines = File.ReadAllLines("/proc/net/snmp").Where(l => l.StartsWith("Udp:", StringComparison.Ordinal)).ToArray();
+        var names = lines[0].Split(' ');
+        var values = lines[1].Split(' ');
+        return long.Parse(values[Array.IndexOf(names, "RcvbufErrors")], CultureInfo.InvariantCulture);
     }
 
     private static string Inv(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
