@@ -15,7 +15,7 @@ public sealed class LoadTests
     /// <remarks>
     /// Found at 10 000 flows: a connector starved of CPU for a second acknowledged nothing, and the client failed flows it
     /// could only have sent to that same connector. The freeze (SIGSTOP) is longer than the client's silence rule (1 s plus
-    /// three round trips) and shorter than the controller's offline rule (three missed heartbeats of 1 s).
+    /// three round trips, once the RTT has settled) and shorter than the controller's offline rule (three missed heartbeats of 1 s).
     /// </remarks>
     [Fact]
     public async Task A_flow_opened_while_the_only_connector_stalls_waits_for_it_instead_of_failing()
@@ -24,6 +24,14 @@ public sealed class LoadTests
         var connector = await lab.AddConnectorAsync("c1");
         var client = await lab.AddClientAsync();
         await client.EchoAsync(Ct);
+        // Round trips settle the RTT estimate; fresh, its variance alone would stretch the silence rule past the freeze.
+        await using (var settle = await LongFlow.OpenAsync(client.Forwards[0], Ct))
+        {
+            for (var i = 0; i < 30; i++)
+            {
+                await settle.RoundTripAsync(Ct);
+            }
+        }
 
         connector.Send(UnixSignal.Stop);
         Task echo;
