@@ -7,9 +7,15 @@ using Ferry.Quic;
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- time-to-direct [--runs 3]   (as root: network namespaces)
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- failover [--runs 3]
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- e2e [--runs 3] [--size-mib 128] [--requests 2000] [--connections 200]   (as root: also ssh -L and wireguard-go in a namespace)
+// dotnet run -c Release --project bench/Ferry.Benchmarks -- scale [--flows 10000] [--clients 1000] [--minutes 1] [--flows-per-process 2500]
 if (args is [EndToEnd.Command, ..])
 {
     return await EndToEnd.RunAsync(args);
+}
+
+if (args is [Scale.Command, ..])
+{
+    return await Scale.RunAsync(args);
 }
 
 if (args is [{ } command, ..] && HarnessFigure.All.FirstOrDefault(f => f.Command == command) is { } figure)
@@ -20,7 +26,7 @@ if (args is [{ } command, ..] && HarnessFigure.All.FirstOrDefault(f => f.Command
 var options = Options.Parse(args);
 if (options is null)
 {
-    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]\n       Ferry.Benchmarks failover [--runs N]\n       Ferry.Benchmarks e2e [--runs N] [--size-mib N] [--requests N] [--connections N]");
+    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]\n       Ferry.Benchmarks failover [--runs N]\n       Ferry.Benchmarks e2e [--runs N] [--size-mib N] [--requests N] [--connections N]\n       Ferry.Benchmarks scale [--flows N] [--clients N] [--minutes N] [--flows-per-process N]");
     return 2;
 }
 

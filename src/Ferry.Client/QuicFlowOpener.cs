@@ -61,7 +61,7 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
 
     private Task<OpenedFlow> OpenTcpAsync(ResourceGrant resource, FlowHeader header, EarlyApplicationData? early, CancellationToken cancellationToken)
     {
-        return OpenOnSomeConnectorAsync(resource, async (connection, gone, ct) =>
+        return OpenOnSomeConnectorAsync(resource, async (connection, watch, ct) =>
         {
             var stream = await connection.OpenBidirectionalStreamAsync(ct);
             try
@@ -70,7 +70,7 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
                 FlowReply reply;
                 if (early is null)
                 {
-                    reply = await AnswerAsync(connection, gone, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
+                    reply = await AnswerAsync(connection, watch, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
                 }
                 else
                 {
@@ -79,7 +79,7 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
                     var opened = false;
                     try
                     {
-                        reply = await AnswerAsync(connection, gone, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
+                        reply = await AnswerAsync(connection, watch, FlowReply.ReadAsync(stream, ct).AsTask(), ct);
                         opened = reply.IsOk;
                     }
                     finally
@@ -116,12 +116,12 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
 
     private Task<OpenedUdpFlow> OpenUdpOnSomeConnectorAsync(ResourceGrant resource, FlowHeader header, CancellationToken cancellationToken)
     {
-        return OpenOnSomeConnectorAsync(resource, async (connection, gone, ct) =>
+        return OpenOnSomeConnectorAsync(resource, async (connection, watch, ct) =>
         {
             var datagrams = QuicUdpDatagrams.For(connection);
             var stream = await connection.OpenBidirectionalStreamAsync(ct);
             // The mux owns the stream from here: it disposes it on refusal or failure.
-            var (reply, flow) = await AnswerAsync(connection, gone, datagrams.OpenAsync(stream.Id, stream, s =>
+            var (reply, flow) = await AnswerAsync(connection, watch, datagrams.OpenAsync(stream.Id, stream, s =>
             {
                 ((QuicStream)s).CompleteWrites();
                 return ValueTask.CompletedTask;
@@ -131,7 +131,7 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     }
 
     /// <summary>Tries the network's connectors in the selector's order until one answers; they are interchangeable.</summary>
-    private async Task<T> OpenOnSomeConnectorAsync<T>(ResourceGrant resource, Func<QuicConnection, Func<bool>, CancellationToken, Task<T>> open, Func<string, T> refused, CancellationToken cancellationToken)
+    private async Task<T> OpenOnSomeConnectorAsync<T>(ResourceGrant resource, Func<QuicConnection, AnswerWatch, CancellationToken, Task<T>> open, Func<string, T> refused, CancellationToken cancellationToken)
     {
         if (!_firstList.Task.IsCompleted)
         {
@@ -154,7 +154,8 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
                 timeout.CancelAfter(ReplyTimeout);
                 // A connector the controller lists now and drops while the flow waits has gone offline (often: was killed).
                 var listed = selector.IsListed(resource.Network, connector);
-                var opened = await open(connection, () => listed && !selector.IsListed(resource.Network, connector), timeout.Token);
+                var watch = new AnswerWatch(() => listed && !selector.IsListed(resource.Network, connector), HasAlternative: i < candidates.Count - 1);
+                var opened = await open(connection, watch, timeout.Token);
                 selector.Succeeded(resource.Network, connector);
                 if (i > 0)
                 {
@@ -177,8 +178,12 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
     /// Waits for the connector's answer to a flow, but only while the connection shows the connector alive: a killed or cut-off
     /// connector acknowledges nothing, and waiting the whole reply timeout for it would stall every flow behind it.
     /// </summary>
-    /// <remarks><paramref name="gone"/> says the controller has meanwhile reported the connector offline, which is quicker still.</remarks>
-    private static async Task<T> AnswerAsync<T>(QuicConnection connection, Func<bool> gone, Task<T> answer, CancellationToken ct)
+    /// <remarks>
+    /// The silence rule applies only when another connector is left to try. For the last one it would turn a connector that is
+    /// merely slow (busy with thousands of flows, or starved of CPU) into a failed flow while gaining nothing; its flows wait for
+    /// the reply timeout instead, or until the controller reports it offline (<see cref="AnswerWatch.Gone"/>), which is quicker still.
+    /// </remarks>
+    private static async Task<T> AnswerAsync<T>(QuicConnection connection, AnswerWatch watch, Task<T> answer, CancellationToken ct)
     {
         var asked = System.Diagnostics.Stopwatch.GetTimestamp();
         while (true)
@@ -186,11 +191,11 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
             var stats = connection.GetStatistics();
             var limit = Unresponsive + (stats.SmoothedRtt * 3) + (stats.RttVariance * 4);
             string? giveUp = null;
-            if (System.Diagnostics.Stopwatch.GetElapsedTime(asked) > limit && connection.SinceLastReceived > limit)
+            if (watch.HasAlternative && System.Diagnostics.Stopwatch.GetElapsedTime(asked) > limit && connection.SinceLastReceived > limit)
             {
                 giveUp = $"the connector acknowledged nothing for {connection.SinceLastReceived.TotalSeconds:0.0} s";
             }
-            else if (gone())
+            else if (watch.Gone())
             {
                 giveUp = "the controller reports the connector offline, and it has not answered";
             }
@@ -323,4 +328,7 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
 
     [LoggerMessage(211, LogLevel.Warning, "Cannot reach {Connector}: {Reason}")]
     private static partial void LogConnectFailed(ILogger logger, string connector, string reason);
+
+    /// <summary>What lets a flow stop waiting for a connector's answer: the controller reporting it gone, and whether another connector is left to try.</summary>
+    private readonly record struct AnswerWatch(Func<bool> Gone, bool HasAlternative);
 }

@@ -28,7 +28,7 @@ public enum FlowCopyError
 /// <summary>How a copy ended: the first failure (if any), its exception, and the bytes carried each way.</summary>
 public readonly record struct FlowCopyResult(FlowCopyError Error, long BytesToUpstream, long BytesToClient, Exception? Exception);
 
-/// <summary>Copies bytes both ways between the two sides of a flow with pooled buffers, carrying half-close across.</summary>
+/// <summary>Copies bytes both ways between the two sides of a flow with pooled buffers (held only while data moves), carrying half-close across.</summary>
 /// <remarks>
 /// When one side's read ends, the other side's writes are completed (TCP FIN, QUIC stream FIN) and the other direction keeps going
 /// until it ends too. A failure in either direction, or the caller's token, stops both directions and disposes both streams, which
@@ -37,7 +37,7 @@ public readonly record struct FlowCopyResult(FlowCopyError Error, long BytesToUp
 /// </remarks>
 public static class FlowCopier
 {
-    /// <summary>Bytes per direction in flight; 1000 flows hold 64 MiB at most, across both directions.</summary>
+    /// <summary>Bytes per direction in flight; a buffer is rented only while data moves, so idle flows hold none.</summary>
     public const int BufferSize = 32 * 1024;
 
     public static async Task<FlowCopyResult> CopyAsync(
@@ -98,15 +98,19 @@ public static class FlowCopier
         CopyState state)
     {
         var token = state.Abort.Token;
-        var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
         long total = 0;
-        try
+        while (true)
         {
-            while (true)
+            int read;
+            byte[]? buffer = null;
+            try
             {
-                int read;
                 try
                 {
+                    // Waits for data without a buffer: most flows are idle most of the time, and a buffer held across
+                    // that wait would cost every open flow BufferSize per direction (64 KiB per flow), not only busy ones.
+                    _ = await source.ReadAsync(Memory<byte>.Empty, token);
+                    buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
                     read = await source.ReadAsync(buffer.AsMemory(0, BufferSize), token);
                 }
                 catch (Exception e) when (IsCopyFailure(e))
@@ -130,12 +134,15 @@ public static class FlowCopier
                     state.Fail(writeError, e);
                     return total;
                 }
-                total += read;
             }
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffer);
+            finally
+            {
+                if (buffer is not null)
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                }
+            }
+            total += read;
         }
     }
 

@@ -214,12 +214,14 @@ public sealed class LongFlow : IAsyncDisposable
     private readonly TcpClient _tcp = new();
     private NetworkStream? _stream;
     private long _sent;
+    private int _seed;
 
     public long Bytes => _sent;
 
-    public static async Task<LongFlow> OpenAsync(IPEndPoint forward, CancellationToken ct)
+    /// <summary>Opens a flow and does one round trip; flows with different <paramref name="seed"/>s send different bytes, so crossed streams show.</summary>
+    public static async Task<LongFlow> OpenAsync(IPEndPoint forward, CancellationToken ct, int seed = 0)
     {
-        var flow = new LongFlow();
+        var flow = new LongFlow { _seed = seed };
         await flow._tcp.ConnectAsync(forward, ct);
         flow._stream = flow._tcp.GetStream();
         await flow.RoundTripAsync(ct);
@@ -232,7 +234,7 @@ public sealed class LongFlow : IAsyncDisposable
         var chunk = new byte[16 * 1024];
         for (var i = 0; i < chunk.Length; i++)
         {
-            chunk[i] = (byte)((_sent + i) * 31 % 251);
+            chunk[i] = (byte)(((_sent + i) * 31 + (_seed * 7919L)) % 251);
         }
         await _stream!.WriteAsync(chunk, ct);
         var back = new byte[chunk.Length];
