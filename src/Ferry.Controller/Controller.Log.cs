@@ -58,4 +58,7 @@ internal static partial class Log
 
     [LoggerMessage(166, LogLevel.Warning, "{Identity} '{Name}' offline: replica {Replica}, which held its session, stopped answering")]
     public static partial void SessionReaped(ILogger logger, string identity, string name, string replica);
+
+    [LoggerMessage(180, LogLevel.Error, "{Method} {Path} failed: the database did not complete it ({Error})")]
+    public static partial void DatabaseRequestFailed(ILogger logger, string method, string path, string error);
 }

@@ -124,10 +124,6 @@ public static partial class AdminEndpoints
         var mfa = MfaSetting(request.RequireMfa, request.MfaIdleTimeoutSeconds, null);
         var row = new NetworkRow { Id = TokenFormat.NewId("net_"), Name = name, DnsServer = NullIfEmpty(request.DnsServer), IsExit = request.Exit ? 1 : 0, CreatedAt = Now(time), MfaIdleTimeoutS = mfa };
         await UniqueAsync(() => store.InsertNetworkAsync(row, ct), $"a network named '{name}' exists already");
-        if (mfa is not null)
-        {
-            await store.SetNetworkMfaAsync(row.Id, mfa, ct);
-        }
         await AuditAsync(http, store, time, "network.create", mfa is null ? name : $"{name} require-mfa idle={mfa}s", ct);
         return Results.Created($"/api/v1/networks/{row.Id}", ToView(row));
     }
@@ -156,8 +152,7 @@ public static partial class AdminEndpoints
             throw ApiException.BadRequest("--no-require-mfa and --mfa-idle-timeout contradict each other: give one of them");
         }
         var mfa = MfaSetting(request.RequireMfa ?? row.MfaIdleTimeoutS is not null, request.MfaIdleTimeoutSeconds, row.MfaIdleTimeoutS);
-        await store.UpdateNetworkAsync(row.Id, dns, exit, ct);
-        await store.SetNetworkMfaAsync(row.Id, mfa, ct);
+        await store.UpdateNetworkAsync(row.Id, dns, exit, mfa, ct);
         await AuditAsync(http, store, time, "network.update", $"{row.Name} dns={dns ?? "host"} exit={(exit ? "yes" : "no")} mfa={(mfa is null ? "no" : $"idle {mfa}s")}", ct);
         sessions.NotifyPolicyChanged();
         return Results.Ok(ToView(await RequireNetworkAsync(store, row.Id, ct)));

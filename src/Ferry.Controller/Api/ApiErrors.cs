@@ -1,4 +1,6 @@
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace Ferry.Controller.Api;
 
@@ -31,6 +33,15 @@ public sealed class ProblemMiddleware(RequestDelegate next)
             // Malformed JSON, wrong content type, missing body: the client's fault, said plainly.
             var detail = e.InnerException is System.Text.Json.JsonException json ? $"request body is not valid JSON for this endpoint: {json.Message}" : e.Message;
             await Results.Problem(statusCode: e.StatusCode, title: "Invalid request", detail: detail).ExecuteAsync(context);
+        }
+        catch (Exception e) when (e is System.Data.Common.DbException or TimeoutException && !context.Response.HasStarted && !context.RequestAborted.IsCancellationRequested)
+        {
+            // The database went away under the request (a failover, a connection ended): the caller learns that and can retry,
+            // rather than getting a bare 500 with nothing to act on. A write may or may not have been applied.
+            var logger = context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("Ferry.Controller.Api");
+            Log.DatabaseRequestFailed(logger, context.Request.Method, context.Request.Path, e.Message);
+            await Results.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Database unavailable",
+                detail: $"the controller's database did not complete this request ({e.Message}); check whether the change was applied, then retry").ExecuteAsync(context);
         }
     }
 }

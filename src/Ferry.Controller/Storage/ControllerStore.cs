@@ -62,10 +62,18 @@ public sealed class ControllerStore(Database database)
 
     // ---- networks
 
+    /// <summary>Adds a network with its MFA setting (<see cref="NetworkRow.MfaIdleTimeoutS"/>) in one transaction, so a crash never leaves it unprotected.</summary>
     public async Task InsertNetworkAsync(NetworkRow row, CancellationToken ct)
     {
-        await using var c = await OpenAsync(ct);
-        await c.ExecuteAsync("INSERT INTO networks (id, name, dns_server, is_exit, created_at) VALUES (@Id, @Name, @DnsServer, @IsExit, @CreatedAt)", row);
+        await InTransactionAsync(async (c, tx) =>
+        {
+            await c.ExecuteAsync("INSERT INTO networks (id, name, dns_server, is_exit, created_at) VALUES (@Id, @Name, @DnsServer, @IsExit, @CreatedAt)", row, tx);
+            if (row.MfaIdleTimeoutS is not null)
+            {
+                await SetNetworkMfaAsync(c, tx, row.Id, row.MfaIdleTimeoutS);
+            }
+            return 0;
+        }, ct);
     }
 
     public async Task<IReadOnlyList<NetworkRow>> ListNetworksAsync(CancellationToken ct)
@@ -82,10 +90,15 @@ public sealed class ControllerStore(Database database)
     public async Task<NetworkRow?> FindNetworkAsync(string nameOrId, CancellationToken ct)
         => (await ListNetworksAsync(ct)).FirstOrDefault(n => n.Id == nameOrId || n.Name == nameOrId);
 
-    public async Task UpdateNetworkAsync(string id, string? dnsServer, bool isExit, CancellationToken ct)
+    /// <summary>Changes a network's DNS server, exit flag and MFA setting together (see <see cref="SetNetworkMfaAsync(string, long?, CancellationToken)"/>).</summary>
+    public async Task UpdateNetworkAsync(string id, string? dnsServer, bool isExit, long? mfaIdleTimeoutS, CancellationToken ct)
     {
-        await using var c = await OpenAsync(ct);
-        await c.ExecuteAsync("UPDATE networks SET dns_server = @dnsServer, is_exit = @exit WHERE id = @id", new { id, dnsServer, exit = isExit ? 1 : 0 });
+        await InTransactionAsync(async (c, tx) =>
+        {
+            await c.ExecuteAsync("UPDATE networks SET dns_server = @dnsServer, is_exit = @exit WHERE id = @id", new { id, dnsServer, exit = isExit ? 1 : 0 }, tx);
+            await SetNetworkMfaAsync(c, tx, id, mfaIdleTimeoutS);
+            return 0;
+        }, ct);
     }
 
     public async Task DeleteNetworkAsync(string id, CancellationToken ct)
@@ -101,23 +114,26 @@ public sealed class ControllerStore(Database database)
 
     /// <summary>Makes a network require a second factor that lapses after <paramref name="idleTimeoutS"/> s without traffic, or (null) require none, ending its devices' second factors.</summary>
     public async Task SetNetworkMfaAsync(string id, long? idleTimeoutS, CancellationToken ct)
-    {
-        await InTransactionAsync(async (c, tx) =>
+        => await InTransactionAsync(async (c, tx) =>
         {
-            if (idleTimeoutS is { } timeout)
-            {
-                await c.ExecuteAsync("""
-                    INSERT INTO network_mfa (network_id, idle_timeout_s) VALUES (@id, @timeout)
-                    ON CONFLICT (network_id) DO UPDATE SET idle_timeout_s = excluded.idle_timeout_s
-                    """, new { id, timeout }, tx);
-            }
-            else
-            {
-                await c.ExecuteAsync("DELETE FROM network_mfa WHERE network_id = @id", new { id }, tx);
-                await c.ExecuteAsync("DELETE FROM mfa_sessions WHERE network_id = @id", new { id }, tx);
-            }
+            await SetNetworkMfaAsync(c, tx, id, idleTimeoutS);
             return 0;
         }, ct);
+
+    private static async Task SetNetworkMfaAsync(DbConnection c, DbTransaction tx, string id, long? idleTimeoutS)
+    {
+        if (idleTimeoutS is { } timeout)
+        {
+            await c.ExecuteAsync("""
+                INSERT INTO network_mfa (network_id, idle_timeout_s) VALUES (@id, @timeout)
+                ON CONFLICT (network_id) DO UPDATE SET idle_timeout_s = excluded.idle_timeout_s
+                """, new { id, timeout }, tx);
+        }
+        else
+        {
+            await c.ExecuteAsync("DELETE FROM network_mfa WHERE network_id = @id", new { id }, tx);
+            await c.ExecuteAsync("DELETE FROM mfa_sessions WHERE network_id = @id", new { id }, tx);
+        }
     }
 
     // ---- second factors of users, and devices' live second factors per network
