@@ -693,6 +693,14 @@ public sealed partial class QuicConnection : IAsyncDisposable
             while (packets < MaxPacketsPerFlush)
             {
                 QuicStream? stream = _pending.Count > 0 ? _pending.Peek() : null;
+                if (stream is { IsSendReleasedLocked: true })
+                {
+                    // Closed (its send buffer freed) while it waited in the queue; there is nothing left of it to send.
+                    _pending.Dequeue();
+                    stream.InPending = false;
+                    continue;
+                }
+
                 int vecCount = 0;
                 long total = 0;
                 uint flags = NGTCP2_WRITE_STREAM_FLAG_NONE;

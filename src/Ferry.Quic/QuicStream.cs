@@ -77,6 +77,9 @@ public sealed class QuicStream : Stream
     internal bool InPending { get; set; }
 
     // A waiting writer counts: probing the stream is the only way ngtcp2 0.12 reveals a STOP_SENDING from the peer.
+    /// <summary>The send buffer is gone (stream closed or aborted): nothing may be asked of it any more.</summary>
+    internal bool IsSendReleasedLocked => _send is null;
+
     internal bool HasSomethingToSendLocked => _send is not null && _writeError is null && (_send.Unsent > 0 || (_finRequested && !_finSent) || _writeWaiter is not null);
 
     /// <inheritdoc/>
