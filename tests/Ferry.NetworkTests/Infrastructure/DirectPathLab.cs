@@ -677,6 +677,9 @@ internal sealed class DirectPathLab : IAsyncDisposable
     public async Task RequireCarriedByAsync(string kind, ContinuousTransfer transfer, string when)
     {
         const long window = 512 * 1024;
+        // Packets already in flight on the old path when the client moved still land there (a relayed window is large: the
+        // relay is 160 ms slower in some labs); the meter starts once they have had a moment to drain.
+        await transfer.WaitForProgressAsync(window / 4, TimeSpan.FromSeconds(30), when, Diagnostics);
         var before = await MeterAsync();
         Xunit.Sdk.XunitException? stalled = null;
         try
