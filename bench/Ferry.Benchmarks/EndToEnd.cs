@@ -45,7 +45,7 @@ internal static class EndToEnd
         var ct = overall.Token;
 
         Console.Error.WriteLine("building src/Ferry (Release)");
-        var build = await Proc.RunAsync("dotnet", ["build", Path.Combine(root, "src/Ferry"), "-c", "Release", "-nologo", "-v", "q", "-clp:ErrorsOnly"], ct);
+        var build = await ChildProcess.RunAsync("dotnet", ["build", Path.Combine(root, "src/Ferry"), "-c", "Release", "-nologo", "-v", "q", "-clp:ErrorsOnly"], ct);
         if (build.Code != 0)
         {
             Console.Error.WriteLine(build.Output);
@@ -54,7 +54,7 @@ internal static class EndToEnd
         var ferry = Path.Combine(root, "src/Ferry/bin/Release/net10.0/ferry");
         var work = Directory.CreateTempSubdirectory("ferry-bench-e2e-").FullName;
         await using var server = new BenchServer();
-        var processes = new List<Proc>();
+        var processes = new List<ChildProcess>();
         try
         {
             var targets = new List<Target> { new("raw loopback TCP", server.EndPoint) };
@@ -344,10 +344,10 @@ internal static class EndToEnd
     /// <summary>A controller, relay, connector and two clients (one allowed a direct path, one kept on the relay), each forwarding to the server.</summary>
     private sealed record FerryLab(IPEndPoint Direct, IPEndPoint Relayed, string DirectKind)
     {
-        public static async Task<FerryLab> StartAsync(string ferry, string work, int serverPort, List<Proc> processes, CancellationToken ct)
+        public static async Task<FerryLab> StartAsync(string ferry, string work, int serverPort, List<ChildProcess> processes, CancellationToken ct)
         {
             var data = Path.Combine(work, "controller");
-            var controller = Proc.Start(ferry, ["controller", "--data", data, "--listen", "127.0.0.1:0"]);
+            var controller = ChildProcess.Start(ferry, ["controller", "--data", data, "--listen", "127.0.0.1:0"]);
             processes.Add(controller);
             var url = (await controller.WaitForLineAsync("admin URL:", ct)).Split("admin URL:")[1].Trim().TrimEnd('/');
             var fingerprint = (await controller.WaitForLineAsync("TLS fingerprint:", ct)).Split("TLS fingerprint:")[1].Trim();
@@ -359,12 +359,12 @@ internal static class EndToEnd
             };
             async Task<string> Admin(params string[] args)
             {
-                var r = await Proc.RunAsync(ferry, ["admin", .. args], ct, env);
+                var r = await ChildProcess.RunAsync(ferry, ["admin", .. args], ct, env);
                 return r.Code == 0 ? r.Output : throw new InvalidOperationException($"ferry admin {string.Join(' ', args)}: {r.Output}");
             }
             var relayTokens = Path.Combine(work, "relay.json");
             await File.WriteAllTextAsync(relayTokens, await Admin("relay", "provision", "--name", "r1", "--json"), ct);
-            var relay = Proc.Start(ferry, ["relay", "--tokens", relayTokens, "--state", Path.Combine(work, "relay-state"), "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
+            var relay = ChildProcess.Start(ferry, ["relay", "--tokens", relayTokens, "--state", Path.Combine(work, "relay-state"), "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"]);
             processes.Add(relay);
             await relay.WaitForLineAsync("Relay links accepted", ct);
             await Admin("network", "create", "bench");
@@ -373,14 +373,14 @@ internal static class EndToEnd
             await Admin("policy", "grant", "server", "--service-account", "bench");
             var connectorTokens = Path.Combine(work, "connector.json");
             await File.WriteAllTextAsync(connectorTokens, await Admin("connector", "provision", "--network", "bench", "--name", "c1", "--json"), ct);
-            var connector = Proc.Start(ferry, ["connector", "--tokens", connectorTokens, "--state", Path.Combine(work, "connector-state")]);
+            var connector = ChildProcess.Start(ferry, ["connector", "--tokens", connectorTokens, "--state", Path.Combine(work, "connector-state")]);
             processes.Add(connector);
             await connector.WaitForLineAsync("STUN discovery", ct);
 
             async Task<(IPEndPoint Forward, string State)> Client(string name, params string[] extra)
             {
                 var state = Path.Combine(work, name);
-                var client = Proc.Start(ferry, ["client", "--state", state, "up", "--socks", "off", "--device-name", name,
+                var client = ChildProcess.Start(ferry, ["client", "--state", state, "up", "--socks", "off", "--device-name", name,
                     "--forward", $"0=127.0.0.1:{serverPort}", .. extra], new Dictionary<string, string>(env) { ["FERRY_SERVICE_ACCOUNT_KEY"] = key });
                 processes.Add(client);
                 var line = await client.WaitForLineAsync(" listening on ", ct);
@@ -396,7 +396,7 @@ internal static class EndToEnd
             while (DateTime.UtcNow < deadline)
             {
                 await PingPongAsync(direct.Forward, 10, ct);
-                var status = await Proc.RunAsync(ferry, ["client", "--state", direct.State, "status"], ct);
+                var status = await ChildProcess.RunAsync(ferry, ["client", "--state", direct.State, "status"], ct);
                 var paths = JsonDocument.Parse(status.Output).RootElement.GetProperty("paths");
                 if (paths.GetArrayLength() > 0 && paths[0].GetProperty("kind").GetString() == "direct")
                 {
@@ -416,7 +416,7 @@ internal static class EndToEnd
     /// <summary>An sshd on a free loopback port with throw-away keys, and an <c>ssh -N -L</c> to the server through it.</summary>
     private static class SshForward
     {
-        public static async Task<IPEndPoint?> TryStartAsync(string work, int serverPort, List<Proc> processes, CancellationToken ct)
+        public static async Task<IPEndPoint?> TryStartAsync(string work, int serverPort, List<ChildProcess> processes, CancellationToken ct)
         {
             if (!File.Exists("/usr/sbin/sshd") || !File.Exists("/usr/bin/ssh") || Environment.UserName != "root")
             {
@@ -426,7 +426,7 @@ internal static class EndToEnd
             Directory.CreateDirectory(dir);
             foreach (var name in new[] { "host", "user" })
             {
-                var keygen = await Proc.RunAsync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", Path.Combine(dir, name)], ct);
+                var keygen = await ChildProcess.RunAsync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", Path.Combine(dir, name)], ct);
                 if (keygen.Code != 0)
                 {
                     return null;
@@ -435,13 +435,13 @@ internal static class EndToEnd
             File.Copy(Path.Combine(dir, "user.pub"), Path.Combine(dir, "authorized_keys"));
             var sshdPort = FreePort();
             Directory.CreateDirectory("/run/sshd");
-            var sshd = Proc.Start("/usr/sbin/sshd", ["-D", "-e", "-p", sshdPort.ToString(CultureInfo.InvariantCulture), "-h", Path.Combine(dir, "host"),
+            var sshd = ChildProcess.Start("/usr/sbin/sshd", ["-D", "-e", "-p", sshdPort.ToString(CultureInfo.InvariantCulture), "-h", Path.Combine(dir, "host"),
                 "-o", "ListenAddress=127.0.0.1", "-o", $"AuthorizedKeysFile={Path.Combine(dir, "authorized_keys")}", "-o", "StrictModes=no",
                 "-o", "PermitRootLogin=prohibit-password", "-o", "PasswordAuthentication=no", "-o", $"PidFile={Path.Combine(dir, "sshd.pid")}", "-o", "UsePAM=no"]);
             processes.Add(sshd);
             await sshd.WaitForLineAsync("Server listening", ct);
             var local = FreePort();
-            var ssh = Proc.Start("/usr/bin/ssh", ["-N", "-i", Path.Combine(dir, "user"), "-p", sshdPort.ToString(CultureInfo.InvariantCulture),
+            var ssh = ChildProcess.Start("/usr/bin/ssh", ["-N", "-i", Path.Combine(dir, "user"), "-p", sshdPort.ToString(CultureInfo.InvariantCulture),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
                 "-L", $"127.0.0.1:{local}:127.0.0.1:{serverPort}", "root@127.0.0.1"]);
             processes.Add(ssh);
@@ -489,7 +489,7 @@ internal static class EndToEnd
 
         public IPEndPoint Server { get; }
 
-        public static async Task<WireGuardTunnel?> TryStartAsync(List<Proc> processes, CancellationToken ct)
+        public static async Task<WireGuardTunnel?> TryStartAsync(List<ChildProcess> processes, CancellationToken ct)
         {
             string[] tools = ["/usr/bin/wireguard-go", "/usr/bin/wg", "/usr/bin/ip", "/dev/net/tun"];
             if (Environment.UserName != "root" || tools.FirstOrDefault(t => !File.Exists(t)) is { } missing)
@@ -506,7 +506,7 @@ internal static class EndToEnd
                 var (hostVeth, nsVeth, hostWg, nsWg) = ($"fbv{id}h", $"fbv{id}n", $"fbw{id}h", $"fbw{id}n");
                 async Task Run(params string[] args)
                 {
-                    var r = await Proc.RunAsync(args[0], args[1..], ct);
+                    var r = await ChildProcess.RunAsync(args[0], args[1..], ct);
                     if (r.Code != 0)
                     {
                         throw new InvalidOperationException($"{string.Join(' ', args)}: {r.Output}");
@@ -514,7 +514,7 @@ internal static class EndToEnd
                 }
                 async Task<string> Key(string file, string? privateKey = null)
                 {
-                    var r = privateKey is null ? await Proc.RunAsync("wg", ["genkey"], ct) : await Proc.RunAsync("sh", ["-c", $"wg pubkey < {privateKey}"], ct);
+                    var r = privateKey is null ? await ChildProcess.RunAsync("wg", ["genkey"], ct) : await ChildProcess.RunAsync("sh", ["-c", $"wg pubkey < {privateKey}"], ct);
                     await File.WriteAllTextAsync(file, r.Output.Trim() + "\n", ct);
                     return r.Output.Trim();
                 }
@@ -536,9 +536,9 @@ internal static class EndToEnd
                     var hostPublic = await Key(Path.Combine(keys, "host.pub"), hostPrivate);
                     var nsPublic = await Key(Path.Combine(keys, "ns.pub"), nsPrivate);
                     var foreground = new Dictionary<string, string> { ["WG_PROCESS_FOREGROUND"] = "1" };
-                    var hostDaemon = Proc.Start("wireguard-go", [hostWg], foreground);
+                    var hostDaemon = ChildProcess.Start("wireguard-go", [hostWg], foreground);
                     processes.Add(hostDaemon);
-                    var nsDaemon = Proc.Start("ip", ["netns", "exec", ns, "wireguard-go", nsWg], foreground);
+                    var nsDaemon = ChildProcess.Start("ip", ["netns", "exec", ns, "wireguard-go", nsWg], foreground);
                     processes.Add(nsDaemon);
                     // The daemons print nothing when ready; their control sockets appearing is the sign.
                     var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
@@ -561,7 +561,7 @@ internal static class EndToEnd
                 await Run("ip", "link", "set", hostWg, "up");
                 await Run("ip", "-n", ns, "addr", "add", "10.202.0.2/24", "dev", nsWg);
                 await Run("ip", "-n", ns, "link", "set", nsWg, "up");
-                var server = Proc.Start("ip", ["netns", "exec", ns, Environment.ProcessPath!, Command, "--serve", "10.202.0.2", "--parent", Environment.ProcessId.ToString(CultureInfo.InvariantCulture)]);
+                var server = ChildProcess.Start("ip", ["netns", "exec", ns, Environment.ProcessPath!, Command, "--serve", "10.202.0.2", "--parent", Environment.ProcessId.ToString(CultureInfo.InvariantCulture)]);
                 processes.Add(server);
                 var line = await server.WaitForLineAsync("listening ", ct);
                 var endpoint = IPEndPoint.Parse(line[(line.LastIndexOf(' ') + 1)..]);
@@ -579,103 +579,7 @@ internal static class EndToEnd
         /// <summary>Deleting the namespace takes its veth end (and so the pair) and its tunnel; the host's tunnel goes with its daemon.</summary>
         public async ValueTask DisposeAsync()
         {
-            await Proc.RunAsync("ip", ["netns", "del", _namespace], CancellationToken.None);
-        }
-    }
-
-    /// <summary>A child process whose output lines are kept, so the benchmark can wait for one.</summary>
-    internal sealed class Proc : IDisposable
-    {
-        private readonly Process _process;
-        private readonly StringBuilder _output = new();
-
-        private Proc(Process process)
-        {
-            _process = process;
-            _process.OutputDataReceived += (_, e) => Append(e.Data);
-            _process.ErrorDataReceived += (_, e) => Append(e.Data);
-            _process.BeginOutputReadLine();
-            _process.BeginErrorReadLine();
-        }
-
-        public string Output
-        {
-            get
-            {
-                lock (_output)
-                {
-                    return _output.ToString();
-                }
-            }
-        }
-
-        private void Append(string? line)
-        {
-            if (line is not null)
-            {
-                lock (_output)
-                {
-                    _output.AppendLine(line);
-                }
-            }
-        }
-
-        public static Proc Start(string file, string[] args, IDictionary<string, string>? env = null)
-        {
-            var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (var a in args)
-            {
-                info.ArgumentList.Add(a);
-            }
-            foreach (var (k, v) in env ?? new Dictionary<string, string>())
-            {
-                info.Environment[k] = v;
-            }
-            return new Proc(Process.Start(info)!);
-        }
-
-        public static async Task<(int Code, string Output)> RunAsync(string file, string[] args, CancellationToken ct, IDictionary<string, string>? env = null)
-        {
-            using var p = Start(file, args, env);
-            await p._process.WaitForExitAsync(ct).WaitAsync(TimeSpan.FromMinutes(5), ct);
-            p._process.WaitForExit();
-            return (p._process.ExitCode, p.Output);
-        }
-
-        /// <summary>The first line containing <paramref name="text"/>, waited for up to 60 s.</summary>
-        public async Task<string> WaitForLineAsync(string text, CancellationToken ct)
-        {
-            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
-            while (DateTime.UtcNow < deadline)
-            {
-                if (Output.Split('\n').FirstOrDefault(l => l.Contains(text, StringComparison.Ordinal)) is { } line)
-                {
-                    return line.TrimEnd('\r');
-                }
-                if (_process.HasExited)
-                {
-                    throw new InvalidOperationException($"{_process.StartInfo.FileName} exited before printing '{text}':\n{Output}");
-                }
-                await Task.Delay(50, ct);
-            }
-            throw new TimeoutException($"{_process.StartInfo.FileName} did not print '{text}' within 60 s:\n{Output}");
-        }
-
-        public void Dispose()
-        {
-            try
-            {
-                if (!_process.HasExited)
-                {
-                    _process.Kill(entireProcessTree: true);
-                    _process.WaitForExit(5000);
-                }
-            }
-            catch (InvalidOperationException)
-            {
-                // Already gone.
-            }
-            _process.Dispose();
+            await ChildProcess.RunAsync("ip", ["netns", "del", _namespace], CancellationToken.None);
         }
     }
 }

@@ -3,11 +3,37 @@ using System.Runtime.InteropServices;
 using Ferry.Benchmarks;
 using Ferry.Quic;
 
+// dotnet run -c Release --project bench/Ferry.Benchmarks -- all     (every case below in turn, with its defaults)
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- quic [--size-mib 256] [--runs 5] [--requests 1000] [--connections 200]
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- time-to-direct [--runs 3]   (as root: network namespaces)
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- failover [--runs 3]
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- e2e [--runs 3] [--size-mib 128] [--requests 2000] [--connections 200]   (as root: also ssh -L and wireguard-go in a namespace)
+// dotnet run -c Release --project bench/Ferry.Benchmarks -- micro [BenchmarkDotNet options, e.g. --filter '*Stun*']
 // dotnet run -c Release --project bench/Ferry.Benchmarks -- scale [--flows 10000] [--clients 1000] [--minutes 1] [--flows-per-process 2500]
+if (args is ["all"])
+{
+    // Each case in its own process: one case's sockets, threads and heap must not colour the next one's figures.
+    var results = new List<(string Case, int Code)>();
+    foreach (var name in new[] { "quic", EndToEnd.Command, "time-to-direct", "failover", "scale", Micro.Command })
+    {
+        Console.WriteLine($"\n==> {name}");
+        using var child = System.Diagnostics.Process.Start(Environment.ProcessPath!, [name])!;
+        await child.WaitForExitAsync();
+        results.Add((name, child.ExitCode));
+    }
+    Console.WriteLine();
+    foreach (var (name, code) in results)
+    {
+        Console.WriteLine($"{name}: {(code == 0 ? "done" : $"failed (exit {code})")}");
+    }
+    return results.All(r => r.Code == 0) ? 0 : 1;
+}
+
+if (args is [Micro.Command, ..])
+{
+    return Micro.Run(args);
+}
+
 if (args is [EndToEnd.Command, ..])
 {
     return await EndToEnd.RunAsync(args);
@@ -26,7 +52,7 @@ if (args is [{ } command, ..] && HarnessFigure.All.FirstOrDefault(f => f.Command
 var options = Options.Parse(args);
 if (options is null)
 {
-    Console.Error.WriteLine("usage: Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]\n       Ferry.Benchmarks failover [--runs N]\n       Ferry.Benchmarks e2e [--runs N] [--size-mib N] [--requests N] [--connections N]\n       Ferry.Benchmarks scale [--flows N] [--clients N] [--minutes N] [--flows-per-process N]");
+    Console.Error.WriteLine("usage: Ferry.Benchmarks all\n       Ferry.Benchmarks quic [--size-mib N] [--runs N] [--requests N] [--connections N]\n       Ferry.Benchmarks time-to-direct [--runs N]\n       Ferry.Benchmarks failover [--runs N]\n       Ferry.Benchmarks e2e [--runs N] [--size-mib N] [--requests N] [--connections N]\n       Ferry.Benchmarks scale [--flows N] [--clients N] [--minutes N] [--flows-per-process N]\n       Ferry.Benchmarks micro [BenchmarkDotNet options]");
     return 2;
 }
 

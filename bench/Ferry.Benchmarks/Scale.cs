@@ -58,7 +58,7 @@ internal static class Scale
         };
         Console.CancelKeyPress += onCancel;
         var ct = overall.Token;
-        var processes = new ConcurrentBag<Child>();
+        var processes = new ConcurrentBag<ChildProcess>();
         void KillAll()
         {
             foreach (var p in processes)
@@ -72,7 +72,7 @@ internal static class Scale
         // Each flow costs the bench two descriptors and a client one; the children inherit the raised limit.
         var limit = await RaiseDescriptorLimitAsync(ct);
         Console.Error.WriteLine("building src/Ferry (Release)");
-        var build = await Child.RunAsync("dotnet", ["build", Path.Combine(root, "src/Ferry"), "-c", "Release", "-nologo", "-v", "q", "-clp:ErrorsOnly"], ct);
+        var build = await ChildProcess.RunAsync("dotnet", ["build", Path.Combine(root, "src/Ferry"), "-c", "Release", "-nologo", "-v", "q", "-clp:ErrorsOnly"], ct);
         if (build.Code != 0)
         {
             Console.Error.WriteLine(build.Output);
@@ -467,12 +467,12 @@ internal static class Scale
         public void Dispose() => _socket.Dispose();
     }
 
-    private static Child StartEchoServer()
+    private static ChildProcess StartEchoServer()
     {
         var host = Environment.ProcessPath!;
         return Path.GetFileNameWithoutExtension(host) == "dotnet"
-            ? Child.Start(host, [typeof(Scale).Assembly.Location, Command, "--echo-server"], name: "echo")
-            : Child.Start(host, [Command, "--echo-server"], name: "echo");
+            ? ChildProcess.Start(host, [typeof(Scale).Assembly.Location, Command, "--echo-server"], name: "echo")
+            : ChildProcess.Start(host, [Command, "--echo-server"], name: "echo");
     }
 
     /// <summary>The echo server as a child process: prints its address, then serves until killed.</summary>
@@ -711,13 +711,13 @@ internal static class Scale
     }
 
     /// <summary>Controller, relay, connector and client processes, provisioned through the admin CLI as in the e2e bench.</summary>
-    private sealed record Lab(Child Controller, Child Relay, Child Connector, List<(Child Process, IPEndPoint Forward)> Clients,
+    private sealed record Lab(ChildProcess Controller, ChildProcess Relay, ChildProcess Connector, List<(ChildProcess Process, IPEndPoint Forward)> Clients,
         Uri ControllerUrl, ControllerTrust Trust, string ServiceAccountKey, string ApiKey)
     {
-        public static async Task<Lab> StartAsync(string ferry, string work, int serverPort, int clients, ConcurrentBag<Child> processes, CancellationToken ct)
+        public static async Task<Lab> StartAsync(string ferry, string work, int serverPort, int clients, ConcurrentBag<ChildProcess> processes, CancellationToken ct)
         {
             var data = Path.Combine(work, "controller");
-            var controller = Child.Start(ferry, ["controller", "--data", data, "--listen", "127.0.0.1:0"], name: "controller");
+            var controller = ChildProcess.Start(ferry, ["controller", "--data", data, "--listen", "127.0.0.1:0"], name: "controller");
             processes.Add(controller);
             var url = (await controller.WaitForLineAsync("admin URL:", ct)).Split("admin URL:")[1].Trim().TrimEnd('/');
             var fingerprint = (await controller.WaitForLineAsync("TLS fingerprint:", ct)).Split("TLS fingerprint:")[1].Trim();
@@ -730,12 +730,12 @@ internal static class Scale
             };
             async Task<string> Admin(params string[] args)
             {
-                var r = await Child.RunAsync(ferry, ["admin", .. args], ct, env);
+                var r = await ChildProcess.RunAsync(ferry, ["admin", .. args], ct, env);
                 return r.Code == 0 ? r.Output : throw new InvalidOperationException($"ferry admin {string.Join(' ', args)}: {r.Output}");
             }
             var relayTokens = Path.Combine(work, "relay.json");
             await File.WriteAllTextAsync(relayTokens, await Admin("relay", "provision", "--name", "r1", "--json"), ct);
-            var relay = Child.Start(ferry, ["relay", "--tokens", relayTokens, "--state", Path.Combine(work, "relay-state"), "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"], name: "relay");
+            var relay = ChildProcess.Start(ferry, ["relay", "--tokens", relayTokens, "--state", Path.Combine(work, "relay-state"), "--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"], name: "relay");
             processes.Add(relay);
             await relay.WaitForLineAsync("Relay links accepted", ct);
             await Admin("network", "create", "bench");
@@ -744,17 +744,17 @@ internal static class Scale
             await Admin("policy", "grant", "server", "--service-account", "bench");
             var connectorTokens = Path.Combine(work, "connector.json");
             await File.WriteAllTextAsync(connectorTokens, await Admin("connector", "provision", "--network", "bench", "--name", "c1", "--json"), ct);
-            var connector = Child.Start(ferry, ["connector", "--tokens", connectorTokens, "--state", Path.Combine(work, "connector-state")], name: "connector");
+            var connector = ChildProcess.Start(ferry, ["connector", "--tokens", connectorTokens, "--state", Path.Combine(work, "connector-state")], name: "connector");
             processes.Add(connector);
             await connector.WaitForLineAsync("STUN discovery", ct);
 
-            var started = new List<(Child, IPEndPoint)>();
+            var started = new List<(ChildProcess, IPEndPoint)>();
             for (var i = 0; i < clients; i++)
             {
                 var name = $"bench{i}";
                 // Every other client stays on the relay, so the relay carries flows too.
                 string[] extra = i % 2 == 1 ? ["--direct", "off"] : [];
-                var client = Child.Start(ferry, ["client", "--state", Path.Combine(work, name), "up", "--socks", "off", "--device-name", name,
+                var client = ChildProcess.Start(ferry, ["client", "--state", Path.Combine(work, name), "up", "--socks", "off", "--device-name", name,
                     "--forward", $"0=127.0.0.1:{serverPort}", .. extra], new Dictionary<string, string>(env) { ["FERRY_SERVICE_ACCOUNT_KEY"] = key }, name);
                 processes.Add(client);
                 var line = await client.WaitForLineAsync(" listening on ", ct);
@@ -786,158 +786,12 @@ internal static class Scale
         }
     }
 
-    /// <summary>A child process (with its id, for /proc) whose output lines are kept, so the bench can wait for one.</summary>
-    private sealed class Child : IDisposable
-    {
-        private readonly Process _process;
-        private readonly StringBuilder _output = new();
-        private readonly List<string> _problems = [];
-        private readonly Queue<string> _tail = new();
-
-        private Child(Process process, string name)
-        {
-            _process = process;
-            Name = name;
-            Pid = process.Id;
-            _process.OutputDataReceived += (_, e) => Append(e.Data);
-            _process.ErrorDataReceived += (_, e) => Append(e.Data);
-            _process.BeginOutputReadLine();
-            _process.BeginErrorReadLine();
-        }
-
-        public int Pid { get; }
-
-        public string Name { get; }
-
-        public string Output
-        {
-            get
-            {
-                lock (_output)
-                {
-                    return _output.ToString();
-                }
-            }
-        }
-
-        private void Append(string? line)
-        {
-            if (line is null)
-            {
-                return;
-            }
-            lock (_output)
-            {
-                // A daemon logs a line per flow: keep the start (where the lines waited for are), and later only warnings and worse.
-                if (_output.Length < 1 << 20)
-                {
-                    _output.AppendLine(line);
-                }
-                _tail.Enqueue(line);
-                if (_tail.Count > 60)
-                {
-                    _tail.Dequeue();
-                }
-                if ((line.Contains(" warn: ", StringComparison.Ordinal) || line.Contains(" fail: ", StringComparison.Ordinal) || line.Contains(" crit: ", StringComparison.Ordinal))
-                    && _problems.Count < 10_000)
-                {
-                    _problems.Add(line);
-                }
-            }
-        }
-
-        /// <summary>Null while running; otherwise the exit code and the last lines printed (an unhandled exception's trace among them).</summary>
-        public string? Exited
-        {
-            get
-            {
-                if (!_process.HasExited)
-                {
-                    return null;
-                }
-                lock (_output)
-                {
-                    return $"exited with code {_process.ExitCode}; last lines:\n  {string.Join("\n  ", _tail)}";
-                }
-            }
-        }
-
-        /// <summary>The warnings, errors and critical lines the process logged (the first 10 000).</summary>
-        public IReadOnlyList<string> Problems
-        {
-            get
-            {
-                lock (_output)
-                {
-                    return [.. _problems];
-                }
-            }
-        }
-
-        public static Child Start(string file, string[] args, IDictionary<string, string>? env = null, string? name = null)
-        {
-            var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (var a in args)
-            {
-                info.ArgumentList.Add(a);
-            }
-            foreach (var (k, v) in env ?? new Dictionary<string, string>())
-            {
-                info.Environment[k] = v;
-            }
-            return new Child(Process.Start(info)!, name ?? Path.GetFileName(file));
-        }
-
-        public static async Task<(int Code, string Output)> RunAsync(string file, string[] args, CancellationToken ct, IDictionary<string, string>? env = null)
-        {
-            using var p = Start(file, args, env);
-            await p._process.WaitForExitAsync(ct).WaitAsync(TimeSpan.FromMinutes(5), ct);
-            p._process.WaitForExit();
-            return (p._process.ExitCode, p.Output);
-        }
-
-        /// <summary>The first line containing <paramref name="text"/>, waited for up to 60 s.</summary>
-        public async Task<string> WaitForLineAsync(string text, CancellationToken ct)
-        {
-            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
-            while (DateTime.UtcNow < deadline)
-            {
-                if (Output.Split('\n').FirstOrDefault(l => l.Contains(text, StringComparison.Ordinal)) is { } line)
-                {
-                    return line.TrimEnd('\r');
-                }
-                if (_process.HasExited)
-                {
-                    throw new InvalidOperationException($"{_process.StartInfo.FileName} exited before printing '{text}':\n{Output}");
-                }
-                await Task.Delay(50, ct);
-            }
-            throw new TimeoutException($"{_process.StartInfo.FileName} did not print '{text}' within 60 s:\n{Output}");
-        }
-
-        public void Dispose()
-        {
-            try
-            {
-                if (!_process.HasExited)
-                {
-                    _process.Kill(entireProcessTree: true);
-                    _process.WaitForExit(5000);
-                }
-            }
-            catch (InvalidOperationException)
-            {
-                // Already gone.
-            }
-        }
-    }
-
     /// <summary>Raises this process's open-file limit (soft and hard, as root) so children inherit it; returns the soft limit in force.</summary>
     private static async Task<string> RaiseDescriptorLimitAsync(CancellationToken ct)
     {
         var pid = Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
-        await Child.RunAsync("prlimit", ["--pid", pid, "--nofile=1048576:1048576"], ct);
-        var shown = await Child.RunAsync("prlimit", ["--pid", pid, "--nofile", "--noheadings", "--output", "SOFT"], ct);
+        await ChildProcess.RunAsync("prlimit", ["--pid", pid, "--nofile=1048576:1048576"], ct);
+        var shown = await ChildProcess.RunAsync("prlimit", ["--pid", pid, "--nofile", "--noheadings", "--output", "SOFT"], ct);
         return shown.Output.Trim();
     }
 

@@ -52,4 +52,40 @@ public sealed class ClientForwardCommandTests
         Assert.NotEqual(0, nobody.ExitCode);
         Assert.Contains("no client is running with state folder", nobody.Stderr, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Status_of_a_client_that_accepts_but_never_answers_says_so_instead_of_exiting_silently()
+    {
+        var state = Directory.CreateTempSubdirectory("ferry-hung-").FullName;
+        try
+        {
+            // A hung daemon: its control socket takes the connection and the request, and nothing ever comes back.
+            using var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+            listener.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(Path.Combine(state, "client.sock")));
+            listener.Listen(4);
+            var held = new List<System.Net.Sockets.Socket>();
+            var accepting = Task.Run(async () =>
+            {
+                while (true)
+                {
+                    held.Add(await listener.AcceptAsync(TestContext.Current.CancellationToken));
+                }
+            }, TestContext.Current.CancellationToken);
+
+            var status = await FerryCli.RunAsync(["client", "--state", state, "status"], timeout: TimeSpan.FromSeconds(60));
+            Assert.Equal(1, status.ExitCode);
+            Assert.Contains("did not answer within 10 s", status.Stderr, StringComparison.Ordinal);
+            Assert.StartsWith("error: ", status.Stderr, StringComparison.Ordinal);
+            listener.Dispose();
+            await accepting.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing | ConfigureAwaitOptions.ContinueOnCapturedContext);
+            foreach (var socket in held)
+            {
+                socket.Dispose();
+            }
+        }
+        finally
+        {
+            Directory.Delete(state, recursive: true);
+        }
+    }
 }

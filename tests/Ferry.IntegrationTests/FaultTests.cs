@@ -119,7 +119,7 @@ public sealed class FaultTests(ITestOutputHelper output)
     /// created with), and for SQLite the file passes integrity_check and is in WAL mode.
     /// </summary>
     [Theory]
-    [InlineData(StoreKind.Sqlite, 15)]
+    [InlineData(StoreKind.Sqlite, 10)]
     [InlineData(StoreKind.Postgres, 5)]
     public async Task Controller_killed_at_random_points_of_admin_writes_keeps_every_acknowledged_write_and_no_half_change(StoreKind store, int kills)
     {
@@ -169,7 +169,7 @@ public sealed class FaultTests(ITestOutputHelper output)
         var dir = Directory.CreateTempSubdirectory("ferry-fault-").FullName;
         // Kill points: -1 is the instant the controller has stored the new pair (before the connector can have saved it);
         // the others are milliseconds after the connector process starts, spanning its start-up, the exchange and the session.
-        int[] killAt = [-1, 0, 200, -1, 500, 900];
+        int[] killAt = [-1, 0, 300, -1, 900];
         var phases = new List<string>();
         for (var i = 0; i < killAt.Length; i++)
         {

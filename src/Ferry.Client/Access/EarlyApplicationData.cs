@@ -42,6 +42,9 @@ public sealed class EarlyApplicationData : IAsyncDisposable
     /// <summary>The application's side of the opened flow: early bytes not yet sent first, then the application's own.</summary>
     public Stream Application { get; }
 
+    /// <summary>Bytes the opened flow carried before <see cref="Application"/> took over (they are not in the copy's count).</summary>
+    public long SentEarly { get; private set; }
+
     /// <summary>Ends the application's sending side once the flow's far end has finished (shuts the socket down for sending).</summary>
     public ValueTask ShutdownApplicationSend(Stream _) => Core.Flows.FlowCopier.ShutdownSocketSend(_application);
 
@@ -74,6 +77,10 @@ public sealed class EarlyApplicationData : IAsyncDisposable
         {
             _target = null;
             _opened = opened;
+            if (opened)
+            {
+                SentEarly = _sent;
+            }
         }
         finally
         {

@@ -97,7 +97,7 @@ public sealed class HttpConnectProxy : LoopbackProxy
                 await flow.DisposeAsync();
                 throw;
             }
-            await CopyAsync(stream, FlowCopier.ShutdownSocketSend, flow, early, destination, cancellationToken);
+            await CopyAsync(stream, FlowCopier.ShutdownSocketSend, flow, early, sentBefore: 0, destination, cancellationToken);
         }
         finally
         {

@@ -226,7 +226,8 @@ public abstract partial class LoopbackProxy : ILoopbackListener
     }
 
     /// <summary>Copies an application connection and an opened flow until both ends finish, after sending bytes the application sent early.</summary>
-    protected async Task CopyAsync(Stream application, Func<Stream, ValueTask> completeApplicationWrites, OpenedFlow flow, ReadOnlyMemory<byte> early, string destination, CancellationToken cancellationToken)
+    /// <param name="sentBefore">Bytes the flow already carried from the application before this copy (a port forward's early data).</param>
+    protected async Task CopyAsync(Stream application, Func<Stream, ValueTask> completeApplicationWrites, OpenedFlow flow, ReadOnlyMemory<byte> early, long sentBefore, string destination, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(application);
         ArgumentNullException.ThrowIfNull(flow);
@@ -238,8 +239,9 @@ public abstract partial class LoopbackProxy : ILoopbackListener
                 await flow.Stream.FlushAsync(cancellationToken);
             }
             var result = await FlowCopier.CopyAsync(application, completeApplicationWrites, flow.Stream!, flow.CompleteWrites!, cancellationToken);
-            Log.FlowClosed(Logger, Kind, destination, result.Error, result.BytesToUpstream + early.Length, result.BytesToClient);
-            ClientMetrics.BytesMoved(result.BytesToUpstream + early.Length, result.BytesToClient);
+            var sent = result.BytesToUpstream + early.Length + sentBefore;
+            Log.FlowClosed(Logger, Kind, destination, result.Error, sent, result.BytesToClient);
+            ClientMetrics.BytesMoved(sent, result.BytesToClient);
         }
     }
 }

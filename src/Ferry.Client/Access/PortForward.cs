@@ -33,6 +33,6 @@ public sealed class PortForward : LoopbackProxy
         {
             return;
         }
-        await CopyAsync(early.Application, early.ShutdownApplicationSend, flow, ReadOnlyMemory<byte>.Empty, FlowHeader.FormatHostPort(Host, Port), cancellationToken);
+        await CopyAsync(early.Application, early.ShutdownApplicationSend, flow, ReadOnlyMemory<byte>.Empty, early.SentEarly, FlowHeader.FormatHostPort(Host, Port), cancellationToken);
     }
 }

@@ -76,7 +76,7 @@ public sealed class Socks5Server : LoopbackProxy
                 await flow.DisposeAsync();
                 throw;
             }
-            await CopyAsync(stream, FlowCopier.ShutdownSocketSend, flow, ReadOnlyMemory<byte>.Empty, destination, cancellationToken);
+            await CopyAsync(stream, FlowCopier.ShutdownSocketSend, flow, ReadOnlyMemory<byte>.Empty, sentBefore: 0, destination, cancellationToken);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {

@@ -274,6 +274,10 @@ internal static class ClientCommand
         {
             throw new CliException($"no client is running with state folder '{state}' (nothing answers on {ClientControl.SocketPath(state)}): start one with 'ferry client up'");
         }
+        catch (TaskCanceledException e) when (e.InnerException is TimeoutException && !ct.IsCancellationRequested)
+        {
+            throw new CliException($"the client with state folder '{state}' accepted the question on {ClientControl.SocketPath(state)} but did not answer within 10 s: it is overloaded or hung; see its log, and restart it if it stays so");
+        }
     }
 
     private static string? ReadSecret(string? file, string variable)

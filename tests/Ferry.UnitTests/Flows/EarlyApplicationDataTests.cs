@@ -22,6 +22,7 @@ public sealed class EarlyApplicationDataTests : FlowTestBase
         pair.Application.Shutdown(SocketShutdown.Send);
         // The application side hands over what the flow has not carried yet: nothing of the first request line, all of the rest.
         Assert.Equal("Host: x\r\n"u8.ToArray(), await FlowTestSupport.ReadToEndAsync(early.Application, Token));
+        Assert.Equal(16, early.SentEarly);
     }
 
     [Fact]
@@ -42,6 +43,8 @@ public sealed class EarlyApplicationDataTests : FlowTestBase
         await pair.Application.SendAsync("def"u8.ToArray(), Token);
         Assert.Equal("def"u8.ToArray(), await ReadExactlyAsync(secondFar, 3));
         await early.DetachAsync(opened: true);
+        // What the copy will not count: the bytes the flow that opened carried, not those sent to the connector that failed.
+        Assert.Equal(6, early.SentEarly);
 
         pair.Application.Shutdown(SocketShutdown.Send);
         Assert.Empty(await FlowTestSupport.ReadToEndAsync(early.Application, Token));
