@@ -21,7 +21,8 @@ internal static class Micro
         var config = ManualConfig.Create(DefaultConfig.Instance)
             .AddJob(Job.ShortRun)
             .AddDiagnoser(MemoryDiagnoser.Default)
-            .WithOptions(ConfigOptions.DisableOptimizationsValidator);
+            .WithOptions(ConfigOptions.DisableOptimizationsValidator)
+            .WithArtifactsPath(Path.Combine(Directory.GetCurrentDirectory(), "artifacts", "bench", "micro"));
         var summaries = BenchmarkRunner.Run([typeof(FlowCodecBenchmarks), typeof(StunBenchmarks), typeof(RelayFrameBenchmarks)], config, args[1..]);
         return summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success)) ? 1 : 0;
     }
