@@ -33,7 +33,6 @@ public sealed class QuicStream : Stream
     private const int ReceiveChunkSize = 16 * 1024;
     private readonly Queue<ReceivedChunk> _received = new();
     private ReceivedChunk? _tail;
-    private ReceivedChunk? _spare;
     private int _headConsumed;
     private SendBuffer? _send = new();
     private TaskCompletionSource? _readWaiter;
@@ -113,15 +112,12 @@ public sealed class QuicStream : Stream
                             _headConsumed = 0;
                             if (ReferenceEquals(chunk, _tail))
                             {
-                                // A reader that keeps up empties the tail after every packet: keep it for the next one.
                                 _tail = null;
-                                chunk.Length = 0;
-                                _spare = chunk;
                             }
-                            else
-                            {
-                                ArrayPool<byte>.Shared.Return(chunk.Buffer);
-                            }
+
+                            // Returned, not kept for the next packet: most of a connector's thousands of streams sit idle, and
+                            // a chunk each made 16 KiB per flow (the pool hands it back cheaply when data comes).
+                            ArrayPool<byte>.Shared.Return(chunk.Buffer);
                         }
                     }
 
@@ -357,14 +353,7 @@ public sealed class QuicStream : Stream
 
                 if (!data.IsEmpty)
                 {
-                    var chunk = _spare is { } spare && spare.Buffer.Length >= data.Length
-                        ? spare
-                        : new ReceivedChunk(ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveChunkSize, data.Length)));
-                    if (ReferenceEquals(chunk, _spare))
-                    {
-                        _spare = null;
-                    }
-
+                    var chunk = new ReceivedChunk(ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveChunkSize, data.Length)));
                     data.CopyTo(chunk.Buffer);
                     chunk.Length = data.Length;
                     _received.Enqueue(chunk);
@@ -456,11 +445,6 @@ public sealed class QuicStream : Stream
         }
 
         _tail = null;
-        if (_spare is { } spare)
-        {
-            _spare = null;
-            ArrayPool<byte>.Shared.Return(spare.Buffer);
-        }
 
         _connection.OnConsumedLocked(Id, total);
     }
