@@ -20,6 +20,9 @@ namespace Ferry.Client;
 /// </remarks>
 public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> session, Func<CancellationToken, Task<DataPlaneEndpoint>> dataPlane, ConnectorSelector selector, ILogger logger) : IFlowOpener, IAsyncDisposable
 {
+    /// <summary>The application error code of a flow stream given up on while it waited for its connector's reply.</summary>
+    private const long AbandonedFlowCode = 0x10;
+
     private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(20);
     // A connector that acknowledges nothing for this long (or a few round trips, if longer) is taken for dead.
     private static readonly TimeSpan Unresponsive = TimeSpan.FromSeconds(1);
@@ -95,6 +98,9 @@ public sealed partial class QuicFlowOpener(Func<ControllerSessionClient?> sessio
             }
             catch
             {
+                // Abandoned for another connector: reset it, never end it gracefully. A FIN would tell a connector that was only
+                // slow that the header and any early bytes are a whole request, and it would deliver them as well as the next one.
+                stream.Abort(QuicAbortDirection.Both, AbandonedFlowCode);
                 await stream.DisposeAsync();
                 throw;
             }
