@@ -1,3 +1,4 @@
+using static Ferry.Benchmarks.BenchSupport;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -40,18 +41,14 @@ internal static class EndToEnd
             Console.Error.WriteLine("usage: Ferry.Benchmarks e2e [--runs N] [--size-mib N] [--requests N] [--connections N]");
             return 2;
         }
-        var root = FindRoot() ?? throw new InvalidOperationException("run from inside the Ferry repository");
+        var root = BenchSupport.FindRoot() ?? throw new InvalidOperationException("run from inside the Ferry repository");
         using var overall = new CancellationTokenSource(TimeSpan.FromMinutes(40));
         var ct = overall.Token;
 
-        Console.Error.WriteLine("building src/Ferry (Release)");
-        var build = await ChildProcess.RunAsync("dotnet", ["build", Path.Combine(root, "src/Ferry"), "-c", "Release", "-nologo", "-v", "q", "-clp:ErrorsOnly"], ct);
-        if (build.Code != 0)
+        if (await BenchSupport.BuildFerryAsync(root, ct) is not { } ferry)
         {
-            Console.Error.WriteLine(build.Output);
             return 1;
         }
-        var ferry = Path.Combine(root, "src/Ferry/bin/Release/net10.0/ferry");
         var work = Directory.CreateTempSubdirectory("ferry-bench-e2e-").FullName;
         await using var server = new BenchServer();
         var processes = new List<ChildProcess>();
@@ -238,19 +235,7 @@ internal static class EndToEnd
 
     private static string Escape(string s) => s.Replace("&", "&amp;", StringComparison.Ordinal).Replace("<", "&lt;", StringComparison.Ordinal);
 
-    private static string Inv(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
 
-    private static string? FindRoot()
-    {
-        for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Ferry.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-        return null;
-    }
 
     /// <summary>The bench server alone, for the far side of a tunnel in another network namespace; runs until the benchmark is gone.</summary>
     private static async Task<int> ServeAsync(IPAddress address, int parent)

@@ -56,7 +56,7 @@ internal sealed record HarnessFigure(
                 return 2;
             }
         }
-        var root = FindRoot();
+        var root = BenchSupport.FindRoot();
         if (root is null)
         {
             Console.Error.WriteLine("error: run from inside the Ferry checkout (Ferry.slnx not found above the current folder)");
@@ -121,15 +121,4 @@ internal sealed record HarnessFigure(
     private static double Median(List<double> sorted)
         => sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
 
-    private static string? FindRoot()
-    {
-        for (var dir = new DirectoryInfo(Environment.CurrentDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Ferry.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-        return null;
-    }
 }

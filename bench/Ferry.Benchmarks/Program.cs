@@ -1,3 +1,4 @@
+using static Ferry.Benchmarks.BenchSupport;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Ferry.Benchmarks;
@@ -148,7 +149,6 @@ for (int i = 0; i < setup.Length; i++)
 
 return 0;
 
-static string Inv(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
 
 /// <summary>Command-line settings of the quic suite.</summary>
 internal sealed record Options(int SizeMiB, int Runs, int Requests, int Connections)

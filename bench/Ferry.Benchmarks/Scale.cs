@@ -1,3 +1,4 @@
+using static Ferry.Benchmarks.BenchSupport;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
@@ -48,7 +49,7 @@ internal static class Scale
             Console.Error.WriteLine(Usage);
             return 2;
         }
-        var root = FindRoot() ?? throw new InvalidOperationException("run from inside the Ferry repository");
+        var root = BenchSupport.FindRoot() ?? throw new InvalidOperationException("run from inside the Ferry repository");
         // Everything is bounded: setup, the two scale phases, and the soak.
         using var overall = new CancellationTokenSource(TimeSpan.FromMinutes(20 + minutes));
         ConsoleCancelEventHandler onCancel = (_, e) =>
@@ -71,14 +72,10 @@ internal static class Scale
 
         // Each flow costs the bench two descriptors and a client one; the children inherit the raised limit.
         var limit = await RaiseDescriptorLimitAsync(ct);
-        Console.Error.WriteLine("building src/Ferry (Release)");
-        var build = await ChildProcess.RunAsync("dotnet", ["build", Path.Combine(root, "src/Ferry"), "-c", "Release", "-nologo", "-v", "q", "-clp:ErrorsOnly"], ct);
-        if (build.Code != 0)
+        if (await BenchSupport.BuildFerryAsync(root, ct) is not { } ferry)
         {
-            Console.Error.WriteLine(build.Output);
             return 1;
         }
-        var ferry = Path.Combine(root, "src/Ferry/bin/Release/net10.0/ferry");
         var work = Directory.CreateTempSubdirectory("ferry-bench-scale-").FullName;
         var csvPath = Path.Combine(root, "artifacts", "bench", $"scale-{DateTime.UtcNow:yyyyMMdd-HHmmss}.csv");
         Directory.CreateDirectory(Path.GetDirectoryName(csvPath)!);
@@ -804,17 +801,5 @@ internal static class Scale
         return long.Parse(values[Array.IndexOf(names, "RcvbufErrors")], CultureInfo.InvariantCulture);
     }
 
-    private static string Inv(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
 
-    private static string? FindRoot()
-    {
-        for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Ferry.slnx")))
-            {
-                return dir.FullName;
-            }
-        }
-        return null;
-    }
 }
