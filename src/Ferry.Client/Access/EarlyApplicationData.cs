@@ -22,7 +22,7 @@ public sealed class EarlyApplicationData : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly Task _reading;
-    private byte[]? _buffer = ArrayPool<byte>.Shared.Rent(Capacity);
+    private byte[]? _buffer;
     private int _length;
     private int _sent;
     private Stream? _target;
@@ -94,6 +94,13 @@ public sealed class EarlyApplicationData : IAsyncDisposable
         {
             while (_length < Capacity && !_opened)
             {
+                // Wait without a buffer: a flow whose application says nothing before the reply (server speaks first) holds none.
+                _ = await _application.ReadAsync(Memory<byte>.Empty, _stop.Token);
+                if (_opened)
+                {
+                    return;
+                }
+                _buffer ??= ArrayPool<byte>.Shared.Rent(Capacity);
                 var n = await _application.ReadAsync(_buffer.AsMemory(_length, Capacity - _length), _stop.Token);
                 await _gate.WaitAsync(_stop.Token);
                 try
