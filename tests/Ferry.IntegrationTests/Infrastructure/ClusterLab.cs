@@ -95,6 +95,7 @@ public sealed class ClusterLab : IAsyncDisposable
             .. location is null ? Array.Empty<string>() : ["--location", location]];
         var process = FerryProcess.Start($"client{index}", args, new Dictionary<string, string?> { ["FERRY_SERVICE_ACCOUNT_KEY"] = Key });
         var client = new ClusterClient(process, state);
+        client.Diagnostics = () => LogsFor(client);
         _clients.Add(client);
         var forwards = new List<IPEndPoint>();
         for (var i = 0; i <= extraForwards.Length; i++)
@@ -104,6 +105,14 @@ public sealed class ClusterLab : IAsyncDisposable
             forwards.Add(IPEndPoint.Parse(line[(line.LastIndexOf(' ') + 1)..]));
         }
         client.Forwards = forwards;
+
+        // Ready as a user would wait for it: signed in with the grant and the network's connectors known, and the data plane up with
+        // its relay. A flow sent sooner waits for all that only as long as a flow's open timeout (15 s), and twenty clients starting
+        // at once on a loaded host have taken 16 s to get there.
+        await process.WaitForLineAsync(l => l.Contains("Resources granted now: ", StringComparison.Ordinal) && !l.Contains("Resources granted now: 0", StringComparison.Ordinal),
+            TimeSpan.FromSeconds(60), "signed in with its grants");
+        await process.WaitForLineAsync(l => l.Contains("Relays in use: ", StringComparison.Ordinal) && !l.Contains("Relays in use: 0", StringComparison.Ordinal),
+            TimeSpan.FromSeconds(60), "its data plane up with a relay");
         return client;
     }
 
@@ -136,6 +145,11 @@ public sealed class ClusterLab : IAsyncDisposable
         }
         File.AppendAllText(file, JsonSerializer.Serialize(new { @case = name, failoverMs = failover.TotalMilliseconds, firstFlowMs = first.TotalMilliseconds }) + "\n");
     }
+
+    /// <summary>What the controller, the connectors and one client printed, for a failure of that client.</summary>
+    public string LogsFor(ClusterClient client)
+        => string.Join("\n", new[] { ("controller", Controller.Process) }.Concat(_connectors.Select(c => ($"connector {c.Key}", c.Value))).Append((client.Process.Name, client.Process))
+            .Select(p => $"--- {p.Item1}:\n{Tail(p.Item2.Output)}"));
 
     private static string Tail(string text) => text.Length > 6000 ? "…" + text[^6000..] : text;
 
@@ -170,6 +184,9 @@ public sealed class ClusterClient(FerryProcess process, string state)
     public string State { get; } = state;
     public IReadOnlyList<IPEndPoint> Forwards { get; set; } = [];
 
+    /// <summary>The logs that explain a failure of this client's flows (set by the lab that started it).</summary>
+    public Func<string>? Diagnostics { get; set; }
+
     /// <summary>How long this client's first flow took: connector choice, ticket, relay binding and handshake from cold.</summary>
     public TimeSpan? FirstFlow { get; private set; }
 
@@ -184,7 +201,14 @@ public sealed class ClusterClient(FerryProcess process, string state)
         await stream.WriteAsync(payload, ct);
         tcp.Client.Shutdown(SocketShutdown.Send);
         var back = new byte[size];
-        await stream.ReadExactlyAsync(back, ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), ct);
+        try
+        {
+            await stream.ReadExactlyAsync(back, ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), ct);
+        }
+        catch (Exception e) when (e is EndOfStreamException or IOException or TimeoutException)
+        {
+            throw new Xunit.Sdk.XunitException($"{Process.Name}: the echo of {size} bytes through forward {forward} failed after {clock.Elapsed.TotalMilliseconds:0} ms: {e.Message}\n{Diagnostics?.Invoke()}");
+        }
         Assert.True(payload.AsSpan().SequenceEqual(back), $"{Process.Name}: echoed bytes differ");
         Assert.Equal(0, await stream.ReadAsync(new byte[1], ct));
         FirstFlow ??= clock.Elapsed;
