@@ -368,6 +368,9 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
 
     private static readonly TimeSpan PeerPresenceWait = TimeSpan.FromSeconds(2);
 
+    // Packets from the relays handed to QUIC before its connections answer: as many as a recvmmsg batch on the socket.
+    private const int MaxRelayBatch = 64;
+
     /// <summary>Opens a QUIC connection to <paramref name="peer"/> over the relays (a ticket for the pair must be bound first).</summary>
     public async Task<QuicConnection> ConnectRelayedAsync(string peer, CancellationToken ct)
     {
@@ -399,20 +402,33 @@ public sealed partial class DataPlaneEndpoint : IAsyncDisposable
     {
         try
         {
-            await foreach (var packet in pool.Packets.ReadAllAsync(ct))
+            while (await pool.Packets.WaitToReadAsync(ct))
             {
-                var span = packet.Packet.Span;
-                // Connectivity checks probe the relayed path too; a STUN message carries the magic cookie a QUIC packet almost never has there.
-                if (Ferry.Stun.StunPacket.IsStun(span) && _ice.TryHandleStun(span, null, packet.FromPeer))
-                {
-                    continue;
-                }
-                RelayPathTo(packet.FromPeer).Deliver(span);
+                DeliverQueued(pool.Packets);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or System.Threading.Channels.ChannelClosedException)
         {
             // The pool was replaced or the endpoint is closing.
+        }
+    }
+
+    /// <summary>
+    /// Hands what the relays have queued to QUIC as one batch, so a connection acknowledges and answers once per batch rather than
+    /// once per packet: on the relayed path every answer is another frame through two TLS links and the relay.
+    /// </summary>
+    private void DeliverQueued(System.Threading.Channels.ChannelReader<RelayPacket> packets)
+    {
+        using var batch = _quic.BeginRelayDelivery();
+        for (var i = 0; i < MaxRelayBatch && packets.TryRead(out var packet); i++)
+        {
+            var span = packet.Packet.Span;
+            // Connectivity checks probe the relayed path too; a STUN message carries the magic cookie a QUIC packet almost never has there.
+            if (Ferry.Stun.StunPacket.IsStun(span) && _ice.TryHandleStun(span, null, packet.FromPeer))
+            {
+                continue;
+            }
+            batch.Deliver(RelayPathTo(packet.FromPeer), span);
         }
     }
 

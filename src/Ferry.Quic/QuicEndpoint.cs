@@ -38,6 +38,9 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink, IDatagramRecei
     private readonly QuicConnectionOptions _serverOptions;
     private readonly UdpBatchIo? _io;
     private readonly List<QuicConnection> _deferredFlushes = [];
+
+    // The list of the last relay delivery batch, kept for the next so a batch allocates nothing.
+    private List<QuicConnection>? _spareRelayDeferred;
     private NativeAddress? _lastRemote;
     private readonly Task _receiveLoop;
     private readonly Task _sendLoop;
@@ -385,7 +388,32 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink, IDatagramRecei
         }
     }
 
-    internal void DeliverFromPath(ReadOnlySpan<byte> datagram, NativeAddress local, NativeAddress remote)
+    /// <summary>
+    /// Starts a batch of datagrams arriving over relay paths: each connection they reach processes them as they come but
+    /// answers (acknowledgements, stream data, flow-control credit) once, when the batch is disposed, as after a
+    /// <c>recvmmsg</c> batch on the socket. Dispose it before awaiting anything.
+    /// </summary>
+    public RelayDeliveryBatch BeginRelayDelivery() => new(this, Interlocked.Exchange(ref _spareRelayDeferred, null) ?? []);
+
+    internal void EndRelayDelivery(List<QuicConnection> deferred)
+    {
+        foreach (var connection in deferred)
+        {
+            try
+            {
+                connection.FlushDeferred();
+            }
+            catch (Exception e)
+            {
+                QuicLog.DispatchFailed(Logger, null, e);
+            }
+        }
+
+        deferred.Clear();
+        _spareRelayDeferred = deferred;
+    }
+
+    internal void DeliverFromPath(ReadOnlySpan<byte> datagram, NativeAddress local, NativeAddress remote, List<QuicConnection>? deferred = null)
     {
         if (_disposed != 0)
         {
@@ -394,7 +422,7 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink, IDatagramRecei
 
         try
         {
-            Dispatch(datagram, local, remote, fromSocket: false, null);
+            Dispatch(datagram, local, remote, fromSocket: false, deferred);
         }
         catch (Exception e)
         {

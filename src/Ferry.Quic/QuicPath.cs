@@ -129,6 +129,8 @@ public sealed class RelayQuicPath : IQuicPathInternal, IPacketSink, IAsyncDispos
     /// <summary>Hands a datagram that arrived over the relay link to QUIC (copied; the span may be reused).</summary>
     public void Deliver(ReadOnlySpan<byte> datagram) => Endpoint.DeliverFromPath(datagram, Local, Remote);
 
+    internal void Deliver(ReadOnlySpan<byte> datagram, List<QuicConnection> deferred) => Endpoint.DeliverFromPath(datagram, Local, Remote, deferred);
+
     /// <summary>Stops the send loop; queued datagrams are dropped.</summary>
     public async ValueTask DisposeAsync()
     {
@@ -171,6 +173,45 @@ public sealed class RelayQuicPath : IQuicPathInternal, IPacketSink, IAsyncDispos
                     item.Sent?.TrySetResult();
                 }
             }
+        }
+    }
+}
+
+/// <summary>
+/// Datagrams from relay paths handed to QUIC together (see <see cref="QuicEndpoint.BeginRelayDelivery"/>): the connections
+/// they reach flush once, on <see cref="Dispose"/>, instead of once per datagram.
+/// </summary>
+public ref struct RelayDeliveryBatch
+{
+    private readonly QuicEndpoint _endpoint;
+    private List<QuicConnection>? _deferred;
+
+    internal RelayDeliveryBatch(QuicEndpoint endpoint, List<QuicConnection> deferred)
+    {
+        _endpoint = endpoint;
+        _deferred = deferred;
+    }
+
+    /// <summary>Hands a datagram that arrived over <paramref name="path"/> to QUIC (copied; the span may be reused).</summary>
+    public readonly void Deliver(RelayQuicPath path, ReadOnlySpan<byte> datagram)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ObjectDisposedException.ThrowIf(_deferred is null, typeof(RelayDeliveryBatch));
+        if (path.Endpoint != _endpoint)
+        {
+            throw new ArgumentException("The path must come from the endpoint that started this batch.", nameof(path));
+        }
+
+        path.Deliver(datagram, _deferred);
+    }
+
+    /// <summary>Lets every connection the batch reached answer.</summary>
+    public void Dispose()
+    {
+        if (_deferred is { } deferred)
+        {
+            _deferred = null;
+            _endpoint.EndRelayDelivery(deferred);
         }
     }
 }
