@@ -22,7 +22,7 @@ internal static class Scale
 {
     public const string Command = "scale";
 
-    private const string Usage = "usage: Ferry.Benchmarks scale [--flows N] [--clients N] [--minutes N] [--flows-per-process N]";
+    private const string Usage = "usage: Ferry.Benchmarks scale [--flows N] [--clients N] [--minutes N] [--flows-per-process N] [--pause-max-seconds N]";
 
     // Bytes each way per exchange; small, so memory measures what a flow costs, not what its data costs.
     private const int ExchangeBytes = 4096;
@@ -33,7 +33,7 @@ internal static class Scale
         {
             return await RunEchoServerAsync();
         }
-        int flows = 10_000, sessions = 1_000, minutes = 1, perProcess = 2_500;
+        int flows = 10_000, sessions = 1_000, minutes = 1, perProcess = 2_500, pauseMax = 5;
         for (var i = 1; i < args.Length; i++)
         {
             if (i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var v) && v >= 0)
@@ -44,6 +44,7 @@ internal static class Scale
                     case "--clients": sessions = v; i++; continue;
                     case "--minutes": minutes = v; i++; continue;
                     case "--flows-per-process" when v > 0: perProcess = v; i++; continue;
+                    case "--pause-max-seconds" when v > 1: pauseMax = v; i++; continue;
                 }
             }
             Console.Error.WriteLine(Usage);
@@ -92,7 +93,7 @@ internal static class Scale
             var lab = await Lab.StartAsync(ferry, work, echoPort, clientProcesses, processes, ct);
             Console.WriteLine($"Ferry.Benchmarks scale: {Environment.ProcessorCount} CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; "
                 + $"{flows} flows over {clientProcesses} client processes (half of them kept on the relay), {sessions} client sessions, soak {minutes} min; "
-                + $"{ExchangeBytes} B each way per exchange, every byte compared");
+                + $"{ExchangeBytes} B each way per exchange, one every 1–{pauseMax} s per flow in the soak, every byte compared");
 
             Sample Take(string phase, string name, int pid)
             {
@@ -173,7 +174,7 @@ internal static class Scale
                 using var soakEnd = CancellationTokenSource.CreateLinkedTokenSource(ct);
                 soakEnd.CancelAfter(TimeSpan.FromMinutes(minutes));
                 clock.Restart();
-                var slots = Enumerable.Range(0, flows).Select(i => CycleAsync(lab.Clients[i % lab.Clients.Count].Forward, i, soakStats, errors, soakEnd.Token)).ToArray();
+                var slots = Enumerable.Range(0, flows).Select(i => CycleAsync(lab.Clients[i % lab.Clients.Count].Forward, i, pauseMax, soakStats, errors, soakEnd.Token)).ToArray();
                 while (!soakEnd.IsCancellationRequested)
                 {
                     if (new[] { lab.Controller, lab.Relay, lab.Connector }.Concat(lab.Clients.Select(c => c.Process)).FirstOrDefault(p => p.Exited is not null) is { } gone)
@@ -323,8 +324,8 @@ internal static class Scale
         }));
     }
 
-    /// <summary>One soak slot: flows one after another, each living 10–30 s with a checked exchange every 1–5 s, until the end.</summary>
-    private static async Task CycleAsync(IPEndPoint forward, int slot, SoakStats stats, ErrorTally errors, CancellationToken end)
+    /// <summary>One soak slot: flows one after another, each living 10–30 s with a checked exchange every 1 s to --pause-max-seconds (5 by default), until the end.</summary>
+    private static async Task CycleAsync(IPEndPoint forward, int slot, int pauseMax, SoakStats stats, ErrorTally errors, CancellationToken end)
     {
         var random = new Random(slot);
         // Spread the slots' starts over 10 s so the soak does not open every flow in the same instant.
@@ -353,7 +354,7 @@ internal static class Scale
                     Interlocked.Add(ref stats.Bytes, 2 * ExchangeBytes);
                     try
                     {
-                        await Task.Delay(1000 + random.Next(4000), end);
+                        await Task.Delay(1000 + random.Next((pauseMax - 1) * 1000), end);
                     }
                     catch (OperationCanceledException)
                     {

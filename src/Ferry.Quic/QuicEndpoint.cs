@@ -349,9 +349,12 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink, IDatagramRecei
         }
     }
 
-    void IDatagramReceiver.OnBatchEnd()
+    void IDatagramReceiver.OnBatchEnd() => FlushDeferred(_deferredFlushes);
+
+    /// <summary>Lets each connection a batch of datagrams reached answer once, then empties the list.</summary>
+    private void FlushDeferred(List<QuicConnection> deferred)
     {
-        foreach (var connection in _deferredFlushes)
+        foreach (var connection in deferred)
         {
             try
             {
@@ -363,7 +366,7 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink, IDatagramRecei
             }
         }
 
-        _deferredFlushes.Clear();
+        deferred.Clear();
     }
 
     private NativeAddress ResolveSockaddr(ReadOnlySpan<byte> sockaddr)
@@ -397,19 +400,7 @@ public sealed class QuicEndpoint : IAsyncDisposable, IPacketSink, IDatagramRecei
 
     internal void EndRelayDelivery(List<QuicConnection> deferred)
     {
-        foreach (var connection in deferred)
-        {
-            try
-            {
-                connection.FlushDeferred();
-            }
-            catch (Exception e)
-            {
-                QuicLog.DispatchFailed(Logger, null, e);
-            }
-        }
-
-        deferred.Clear();
+        FlushDeferred(deferred);
         _spareRelayDeferred = deferred;
     }
 
