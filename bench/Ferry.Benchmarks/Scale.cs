@@ -47,6 +47,7 @@ internal static class Scale
                     case "--pause-max-seconds" when v > 1: pauseMax = v; i++; continue;
                 }
             }
+            Console.Error.WriteLine($"scale: '{args[i]}' needs a whole number (at least 1; --clients and --minutes may be 0, --pause-max-seconds at least 2), or is not an option of scale");
             Console.Error.WriteLine(Usage);
             return 2;
         }

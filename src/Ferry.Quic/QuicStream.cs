@@ -33,6 +33,8 @@ public sealed class QuicStream : Stream
     private const int ReceiveChunkSize = 16 * 1024;
     private readonly Queue<ReceivedChunk> _received = new();
     private ReceivedChunk? _tail;
+    // The holder of the last chunk read to its end, without its buffer: a reader that keeps up allocates nothing per packet.
+    private ReceivedChunk? _emptyHolder;
     private int _headConsumed;
     private SendBuffer? _send = new();
     private TaskCompletionSource? _readWaiter;
@@ -75,10 +77,10 @@ public sealed class QuicStream : Stream
 
     internal bool InPending { get; set; }
 
-    // A waiting writer counts: probing the stream is the only way ngtcp2 0.12 reveals a STOP_SENDING from the peer.
     /// <summary>The send buffer is gone (stream closed or aborted): nothing may be asked of it any more.</summary>
     internal bool IsSendReleasedLocked => _send is null;
 
+    // A waiting writer counts: probing the stream is the only way ngtcp2 0.12 reveals a STOP_SENDING from the peer.
     internal bool HasSomethingToSendLocked => _send is not null && _writeError is null && (_send.Unsent > 0 || (_finRequested && !_finSent) || _writeWaiter is not null);
 
     /// <inheritdoc/>
@@ -118,6 +120,9 @@ public sealed class QuicStream : Stream
                             // Returned, not kept for the next packet: most of a connector's thousands of streams sit idle, and
                             // a chunk each made 16 KiB per flow (the pool hands it back cheaply when data comes).
                             ArrayPool<byte>.Shared.Return(chunk.Buffer);
+                            chunk.Buffer = [];
+                            chunk.Length = 0;
+                            _emptyHolder = chunk;
                         }
                     }
 
@@ -353,7 +358,9 @@ public sealed class QuicStream : Stream
 
                 if (!data.IsEmpty)
                 {
-                    var chunk = new ReceivedChunk(ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveChunkSize, data.Length)));
+                    var chunk = _emptyHolder ?? new ReceivedChunk();
+                    _emptyHolder = null;
+                    chunk.Buffer = ArrayPool<byte>.Shared.Rent(Math.Max(ReceiveChunkSize, data.Length));
                     data.CopyTo(chunk.Buffer);
                     chunk.Length = data.Length;
                     _received.Enqueue(chunk);
@@ -464,9 +471,9 @@ public sealed class QuicStream : Stream
     };
 
     /// <summary>A pooled buffer of received bytes; the last one in the queue keeps filling.</summary>
-    private sealed class ReceivedChunk(byte[] buffer)
+    private sealed class ReceivedChunk
     {
-        public byte[] Buffer { get; } = buffer;
+        public byte[] Buffer { get; set; } = [];
 
         public int Length { get; set; }
     }

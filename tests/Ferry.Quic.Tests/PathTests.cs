@@ -35,17 +35,7 @@ public sealed class PathTests : QuicTestBase
     [Fact]
     public async Task Connection_runs_over_a_relay_path()
     {
-        RelayQuicPath? serverSide = null;
-        var clientSide = Track(Client.CreateRelayPath((d, _) =>
-        {
-            serverSide!.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
-        serverSide = Track(Server.CreateRelayPath((d, _) =>
-        {
-            clientSide.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
+        var (clientSide, serverSide) = CreateRelayPair();
 
         var accept = Server.AcceptConnectionAsync(Ct).AsTask();
         var client = Track(await Client.ConnectAsync(clientSide, ClientTls(), null, Ct).AsTask().WaitAsync(Timeout, Ct));
@@ -66,26 +56,18 @@ public sealed class PathTests : QuicTestBase
     {
         var held = new List<byte[]>();
         var hold = false;
-        RelayQuicPath? serverSide = null;
-        var clientSide = Track(Client.CreateRelayPath((d, _) =>
+        var (clientSide, serverSide) = CreateRelayPair(d =>
         {
             lock (held)
             {
                 if (hold)
                 {
                     held.Add(d.ToArray());
-                    return ValueTask.CompletedTask;
                 }
-            }
 
-            serverSide!.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
-        serverSide = Track(Server.CreateRelayPath((d, _) =>
-        {
-            clientSide.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
+                return hold;
+            }
+        });
         var accept = Server.AcceptConnectionAsync(Ct).AsTask();
         var client = Track(await Client.ConnectAsync(clientSide, ClientTls(), null, Ct).AsTask().WaitAsync(Timeout, Ct));
         var server = Track(await accept.WaitAsync(Timeout, Ct));
@@ -184,17 +166,7 @@ public sealed class PathTests : QuicTestBase
     public async Task Relayed_connection_upgrades_to_the_direct_path_mid_transfer()
     {
         // Ferry's usual order: start through the relay at once, move to UDP once hole punching has worked.
-        RelayQuicPath? serverSide = null;
-        var clientSide = Track(Client.CreateRelayPath((d, _) =>
-        {
-            serverSide!.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
-        serverSide = Track(Server.CreateRelayPath((d, _) =>
-        {
-            clientSide.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
+        var (clientSide, serverSide) = CreateRelayPair();
         var accept = Server.AcceptConnectionAsync(Ct).AsTask();
         var client = Track(await Client.ConnectAsync(clientSide, ClientTls(), null, Ct).AsTask().WaitAsync(Timeout, Ct));
         var server = Track(await accept.WaitAsync(Timeout, Ct));
@@ -231,17 +203,7 @@ public sealed class PathTests : QuicTestBase
     public async Task Client_moves_from_a_dead_udp_path_to_a_relay_path_immediately()
     {
         var (client, server) = await ConnectAsync();
-        RelayQuicPath? serverSide = null;
-        var clientSide = Track(Client.CreateRelayPath((d, _) =>
-        {
-            serverSide!.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
-        serverSide = Track(Server.CreateRelayPath((d, _) =>
-        {
-            clientSide.Deliver(d.Span);
-            return ValueTask.CompletedTask;
-        }));
+        var (clientSide, serverSide) = CreateRelayPair();
 
         var transfer = await StartTransferAsync(client, server, 8 << 20, async written =>
         {
@@ -300,5 +262,29 @@ public sealed class PathTests : QuicTestBase
     private static async Task EchoAsync(QuicConnection client, QuicConnection server, int size)
     {
         await (await StartTransferAsync(client, server, size, null)).WaitAsync(Timeout, Ct);
+    }
+
+    /// <summary>
+    /// A relay path on each endpoint, joined directly: what one sends, the other is handed at once, unless
+    /// <paramref name="holdFromClient"/> takes a client datagram (returns true) to deliver it later itself.
+    /// </summary>
+    private (RelayQuicPath Client, RelayQuicPath Server) CreateRelayPair(Func<ReadOnlyMemory<byte>, bool>? holdFromClient = null)
+    {
+        RelayQuicPath? serverSide = null;
+        var clientSide = Track(Client.CreateRelayPath((d, _) =>
+        {
+            if (holdFromClient?.Invoke(d) != true)
+            {
+                serverSide!.Deliver(d.Span);
+            }
+
+            return ValueTask.CompletedTask;
+        }));
+        serverSide = Track(Server.CreateRelayPath((d, _) =>
+        {
+            clientSide.Deliver(d.Span);
+            return ValueTask.CompletedTask;
+        }));
+        return (clientSide, serverSide);
     }
 }
